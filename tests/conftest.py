@@ -1,0 +1,18 @@
+import os
+import sys
+
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:  # train_net.py and tools/ are scripts, not package modules
+    sys.path.insert(0, REPO_ROOT)
+
+COCO_SAMPLE = os.path.join(REPO_ROOT, "..", "shared", "data", "coco_sample")
+
+
+@pytest.fixture
+def coco_sample():
+    """Path of ../shared/data/coco_sample, or skip when it is absent."""
+    if not os.path.isfile(os.path.join(COCO_SAMPLE, "instances.json")):
+        pytest.skip("../shared/data/coco_sample is not present")
+    return COCO_SAMPLE
