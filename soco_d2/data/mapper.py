@@ -1,0 +1,362 @@
+"""SoCo's dataset mapper: one pretraining record -> the views, their boxes and the view pairs.
+
+See docs_interface.md for the exact output. Geometry (crops, resizing, boxes, levels) lives in
+:mod:`.view_sampling`, colour in :mod:`.color_augment`; this file decodes the image and puts
+the pieces together.
+"""
+import io
+from typing import List, Sequence, Tuple
+
+import cv2
+import numpy as np
+import torch
+from detectron2.config import configurable
+from detectron2.structures import Boxes, BoxMode
+from detectron2.utils.file_io import PathManager
+
+from .color_augment import ColorRecipe, apply_color_recipe, cutout_in_boxes
+from .view_sampling import (
+    assign_levels,
+    canonical_levels,
+    clip_boxes,
+    crop_resize_boxes,
+    cut_view,
+    hflip_boxes,
+    jitter_boxes,
+    resize_antialiased,
+    select_in_crop,
+)
+
+__all__ = [
+    "SoCoDatasetMapper",
+    "decode_image",
+    "image_header",
+]
+
+_REDUCED_FLAGS = {
+    1: cv2.IMREAD_COLOR,
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
+
+
+def image_header(data: bytes):
+    """``(width, height, is_jpeg)`` of an encoded image after EXIF orientation, read from its
+    header only; None when PIL cannot identify the format."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+            if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees
+                w, h = h, w
+            return w, h, im.format == "JPEG"
+    except (UnidentifiedImageError, OSError, SyntaxError):
+        return None
+
+
+def decode_image(data: bytes, reduce: int = 1) -> np.ndarray:
+    """Decode to uint8 BGR (H, W, 3) with the EXIF orientation applied, like Detectron2's
+    ``read_image``. Grayscale, alpha and 16-bit images become 3-channel 8-bit. ``reduce`` in
+    {1, 2, 4, 8} decodes a JPEG at that fraction of its size (DCT scaling).
+
+    Raises:
+        ValueError: the data cannot be decoded.
+    """
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED_FLAGS[reduce])
+    if img is None:  # a format OpenCV does not read: let PIL try
+        from detectron2.data.detection_utils import _apply_exif_orientation
+        from PIL import Image
+
+        try:
+            im = _apply_exif_orientation(Image.open(io.BytesIO(data)))
+            arr = np.asarray(im)
+            if arr.dtype != np.uint8:  # 16/32-bit integer or float grayscale
+                arr = arr.astype(np.float64)
+                top = 255.0 if arr.max() <= 255 else (65535.0 if arr.max() <= 65535 else arr.max())
+                arr = np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8)
+                im = Image.fromarray(arr)
+            img = np.ascontiguousarray(np.asarray(im.convert("RGB"))[:, :, ::-1])
+        except Exception as e:
+            raise ValueError(f"cannot decode image ({e})") from e
+    return img
+
+
+class SoCoDatasetMapper:
+    """Turns a pretraining record into SoCo's views (Sec. 2) and matched proposals.
+
+    V1 is the whole image, V2 a random resized crop, V3 either its own crop ("crop") or V2
+    downsampled ("downsample"), and V4 (when ``view4_size`` > 0, SoCo*) V2 resized. Each pair
+    (V1, Vb) has exactly ``num_proposals`` proposals visible in both views. Output format:
+    docs_interface.md. Uses numpy's global RNG (seeded per worker by Detectron2).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        is_train: bool = True,
+        *,
+        image_format: str = "RGB",
+        view1_size: int = 224,
+        view2_size: int = 224,
+        view3_size: int = 112,
+        view3_mode: str = "crop",
+        view4_size: int = 0,
+        crop_scale: Tuple[float, float] = (0.5, 1.0),
+        crop_ratio: Tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
+        crop_retries: int = 5,
+        num_proposals: int = 4,
+        min_overlap: float = 0.5,
+        box_jitter_prob: float = 0.5,
+        box_jitter_ratio: float = 0.1,
+        flip_prob: float = 0.5,
+        color_jitter_prob: float = 0.8,
+        color_jitter: Tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1),
+        grayscale_prob: float = 0.2,
+        blur_prob: Tuple[float, float] = (1.0, 0.1),
+        blur_sigma: Tuple[float, float] = (0.1, 2.0),
+        solarize_prob: Tuple[float, float] = (0.0, 0.2),
+        cutout_in_box: bool = True,
+        cutout_prob: float = 0.5,
+        cutout_area: Tuple[float, float] = (0.1, 0.3),
+        level_assignment: str = "scale_aware",
+        level_thresholds: Sequence[float] = (48, 96, 192),
+        reduced_decode: bool = True,
+    ):
+        """
+        Args:
+            is_train: kept for Detectron2's mapper signature; SoCo maps training data only.
+            image_format: channel order of the output images, "RGB" or "BGR".
+            view1_size .. view4_size: output sides of the views (view4_size 0: no V4).
+            view3_mode: "crop" (own random resized crop) or "downsample" (V2 resized).
+            crop_scale, crop_ratio: area and aspect ranges of the random resized crops.
+            crop_retries: extra crops tried while fewer than K proposals overlap.
+            num_proposals: K, proposals per view pair.
+            min_overlap: fraction of a proposal's area that must lie inside a crop.
+            box_jitter_prob, box_jitter_ratio: per-box jitter of V1's boxes (and the ratio of
+                the jittered copies that pad a pair).
+            flip_prob: horizontal flip probability of every view.
+            color_jitter_prob, color_jitter, grayscale_prob, blur_sigma: colour recipe.
+            blur_prob, solarize_prob: (V1, other views).
+            cutout_in_box, cutout_prob, cutout_area: cutout inside the boxes of V2/V3/V4.
+            level_assignment: "scale_aware", "canonical" or "all" (stores scale_aware).
+            level_thresholds: box sizes separating P2/P3/P4/P5.
+            reduced_decode: allow JPEG decoding at a reduced DCT scale (see ``_reduce_factor``).
+        """
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR' for SoCo, got {image_format!r}")
+        if view3_mode not in ("crop", "downsample"):
+            raise ValueError(f"VIEW3_MODE must be 'crop' or 'downsample', got {view3_mode!r}")
+        if level_assignment not in ("scale_aware", "canonical", "all"):
+            raise ValueError(f"Unknown LEVEL_ASSIGNMENT {level_assignment!r}")
+        if num_proposals < 1:
+            raise ValueError(f"NUM_PROPOSALS must be >= 1, got {num_proposals}")
+        self.is_train = is_train
+        self.image_format = image_format
+        self.sizes = [int(view1_size), int(view2_size), int(view3_size)]
+        self.view3_mode = view3_mode
+        self.view4_size = int(view4_size)
+        self.crop_args = (tuple(crop_scale), tuple(crop_ratio), int(crop_retries))
+        self.k = int(num_proposals)
+        self.min_overlap = float(min_overlap)
+        self.box_jitter_prob = float(box_jitter_prob)
+        self.box_jitter_ratio = float(box_jitter_ratio)
+        self.flip_prob = float(flip_prob)
+        common = dict(
+            jitter_prob=color_jitter_prob,
+            jitter=tuple(color_jitter),
+            grayscale_prob=grayscale_prob,
+            blur_sigma=tuple(blur_sigma),
+        )
+        self.recipes = (
+            ColorRecipe(blur_prob=blur_prob[0], solarize_prob=solarize_prob[0], **common),
+            ColorRecipe(blur_prob=blur_prob[1], solarize_prob=solarize_prob[1], **common),
+        )
+        self.cutout = (float(cutout_prob) if cutout_in_box else 0.0, tuple(cutout_area))
+        self.level_assignment = level_assignment
+        self.level_thresholds = tuple(level_thresholds)
+        self.reduced_decode = reduced_decode
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True):
+        s = cfg.INPUT.SOCO
+        return {
+            "is_train": is_train,
+            "image_format": cfg.INPUT.FORMAT,
+            "view1_size": s.VIEW1_SIZE,
+            "view2_size": s.VIEW2_SIZE,
+            "view3_size": s.VIEW3_SIZE,
+            "view3_mode": s.VIEW3_MODE,
+            "view4_size": s.VIEW4_SIZE,
+            "crop_scale": s.CROP_SCALE,
+            "crop_ratio": s.CROP_RATIO,
+            "crop_retries": s.CROP_RETRIES,
+            "num_proposals": s.NUM_PROPOSALS,
+            "min_overlap": s.MIN_OVERLAP,
+            "box_jitter_prob": s.BOX_JITTER_PROB,
+            "box_jitter_ratio": s.BOX_JITTER_RATIO,
+            "flip_prob": s.FLIP_PROB,
+            "color_jitter_prob": s.COLOR_JITTER_PROB,
+            "color_jitter": s.COLOR_JITTER,
+            "grayscale_prob": s.GRAYSCALE_PROB,
+            "blur_prob": s.BLUR_PROB,
+            "blur_sigma": s.BLUR_SIGMA,
+            "solarize_prob": s.SOLARIZE_PROB,
+            "cutout_in_box": s.CUTOUT_IN_BOX,
+            "cutout_prob": s.CUTOUT_PROB,
+            "cutout_area": s.CUTOUT_AREA,
+            "level_assignment": cfg.MODEL.SOCO.LEVEL_ASSIGNMENT,
+            "level_thresholds": cfg.MODEL.SOCO.LEVEL_THRESHOLDS,
+        }
+
+    # ------------------------------------------------------------------ proposals
+    def _select(self, pool: dict, crop_view: int, width: int, height: int):
+        """Crop for view ``crop_view`` and exactly K pool indices visible in it and in V1.
+
+        Fewer than K overlapping proposals -> padded with jittered copies (fresh ids); none at
+        all -> the crop itself becomes a proposal first.
+        """
+        scale, ratio, retries = self.crop_args
+        # Only the record's own proposals compete; copies added for other views do not.
+        crop, chosen = select_in_crop(
+            pool["boxes"][: pool["n_base"]], height, width, self.k, scale, ratio, retries,
+            self.min_overlap,
+        )
+        if len(chosen) == 0:
+            x0, y0, w, h = crop
+            chosen = self._add(pool, np.array([[x0, y0, x0 + w, y0 + h]], np.float32))
+        if len(chosen) < self.k:
+            src = chosen[np.arange(self.k - len(chosen)) % len(chosen)]
+            copies = jitter_boxes(pool["boxes"][src], self.box_jitter_ratio)
+            chosen = np.concatenate([chosen, self._add(pool, clip_boxes(copies, width, height))])
+        return crop, chosen
+
+    @staticmethod
+    def _add(pool: dict, boxes: np.ndarray) -> np.ndarray:
+        """Append boxes with fresh ids to the pool; return their pool indices."""
+        start, n = len(pool["boxes"]), len(boxes)
+        pool["boxes"] = np.concatenate([pool["boxes"], boxes])
+        pool["ids"] = np.concatenate([pool["ids"], pool["next_id"] + np.arange(n)])
+        pool["next_id"] += n
+        return np.arange(start, start + n)
+
+    def _reduce_factor(self, width: int, height: int, crops: List[Tuple]) -> int:
+        # Rule: decode a JPEG at 1/f (f = 8, 4, 2) only if every view cut from the decoded
+        # image still has at least its output resolution there, i.e. for V1 (whole image) and
+        # each crop (V2, and V3 in "crop" mode): crop_w / f >= S and crop_h / f >= S. Views made
+        # from V2 (V3 "downsample", V4) then follow. Nothing is ever upsampled because of it.
+        sources = [(width, height, self.sizes[0])] + [(c[2], c[3], s) for c, s in crops]
+        for f in (8, 4, 2):
+            if all(w >= f * s and h >= f * s for w, h, s in sources):
+                return f
+        return 1
+
+    def _levels(self, boxes: np.ndarray) -> np.ndarray:
+        if self.level_assignment == "canonical":
+            return canonical_levels(boxes)
+        return assign_levels(boxes, self.level_thresholds)
+
+    # ------------------------------------------------------------------ views
+    def _flip(self, view: np.ndarray, boxes: np.ndarray):
+        if np.random.random_sample() < self.flip_prob:
+            return cv2.flip(view, 1), hflip_boxes(boxes, view.shape[1])
+        return view, boxes
+
+    def __call__(self, dataset_dict: dict) -> dict:
+        """Map one record (``file_name``, ``image_id``, ``proposal_boxes`` XYXY_ABS, maybe
+        empty) to ``{"file_name", "image_id", "views", "pairs"}`` (docs_interface.md)."""
+        with PathManager.open(dataset_dict["file_name"], "rb") as f:
+            data = f.read()
+        header = image_header(data)
+        img = None
+        if header is None or not header[2]:
+            img = decode_image(data)
+            width, height = img.shape[1], img.shape[0]
+        else:
+            width, height = header[:2]
+
+        # Candidate proposals: the record's boxes clipped to the image (ids = their index);
+        # none usable -> the whole image, with the fresh id P.
+        props = np.asarray(dataset_dict.get("proposal_boxes", np.zeros((0, 4))), np.float32)
+        props = props.reshape(-1, 4)
+        mode = dataset_dict.get("proposal_bbox_mode", BoxMode.XYXY_ABS)
+        if mode != BoxMode.XYXY_ABS:
+            props = BoxMode.convert(props, mode, BoxMode.XYXY_ABS)
+        clipped = clip_boxes(props, width, height, min_size=0.0)
+        ok = np.flatnonzero(
+            ((clipped[:, 2] - clipped[:, 0]) >= 1) & ((clipped[:, 3] - clipped[:, 1]) >= 1)
+        )
+        pool = {"boxes": clipped[ok], "ids": ok.astype(np.int64), "next_id": len(props)}
+        if len(ok) == 0:
+            self._add(pool, np.array([[0, 0, width, height]], np.float32))
+        pool["n_base"] = len(pool["boxes"])
+
+        crop_views = [1, 2] if self.view3_mode == "crop" else [1]
+        selections = {v: self._select(pool, v, width, height) for v in crop_views}
+
+        if img is None:
+            crops = [(selections[v][0], self.sizes[v]) for v in crop_views]
+            f = self._reduce_factor(width, height, crops) if self.reduced_decode else 1
+            img = decode_image(data, f)
+        sx, sy = img.shape[1] / width, img.shape[0] / height
+
+        # V1 holds every selected proposal once, in order of first use.
+        used_pos = np.concatenate([chosen for _, chosen in selections.values()]).tolist()
+        v1_pos = np.array(list(dict.fromkeys(used_pos)))
+        where_v1 = {p: i for i, p in enumerate(v1_pos.tolist())}
+
+        s1 = self.sizes[0]
+        view, used = cut_view(img, (0, 0, width, height), sx, sy, s1)
+        boxes = crop_resize_boxes(pool["boxes"][v1_pos], used, s1, s1)
+        jitter = np.random.random_sample(len(boxes)) < self.box_jitter_prob
+        if jitter.any():
+            boxes[jitter] = jitter_boxes(boxes[jitter], self.box_jitter_ratio)
+        view, boxes = self._flip(view, clip_boxes(boxes, s1, s1))
+        views = [(view, boxes, pool["ids"][v1_pos])]
+        pairs = []
+
+        for v in crop_views:
+            crop, chosen = selections[v]
+            size = self.sizes[v]
+            view, used = cut_view(img, crop, sx, sy, size)
+            boxes = crop_resize_boxes(pool["boxes"][chosen], used, size, size)
+            boxes = clip_boxes(boxes, size, size)
+            view, boxes = self._flip(view, boxes)
+            views.append((view, boxes, pool["ids"][chosen]))
+            pairs.append((0, len(views) - 1, [where_v1[p] for p in chosen.tolist()]))
+
+        # Views made by resizing V2 (same proposals and flip as V2).
+        derived = ([self.sizes[2]] if self.view3_mode == "downsample" else []) + (
+            [self.view4_size] if self.view4_size > 0 else []
+        )
+        v2_view, v2_boxes, v2_ids = views[1]
+        for size in derived:
+            view = resize_antialiased(v2_view, size, size)
+            s = size / v2_view.shape[1]
+            views.append((view, clip_boxes(v2_boxes * s, size, size), v2_ids))
+            pairs.append((0, len(views) - 1, pairs[0][2]))
+
+        return {
+            "file_name": dataset_dict["file_name"],
+            "image_id": dataset_dict["image_id"],
+            "views": [self._finish(i, *v) for i, v in enumerate(views)],
+            "pairs": [
+                (a, b, torch.as_tensor(idx_a, dtype=torch.int64), torch.arange(self.k))
+                for a, b, idx_a in pairs
+            ],
+        }
+
+    def _finish(self, index: int, view: np.ndarray, boxes: np.ndarray, ids: np.ndarray) -> dict:
+        """Colour-augment a geometric view and package it as the model expects."""
+        view = apply_color_recipe(view, self.recipes[min(index, 1)], bgr=True)
+        if index > 0 and self.cutout[0] > 0:
+            view = cutout_in_boxes(np.ascontiguousarray(view), boxes, *self.cutout)
+        if self.image_format == "RGB":
+            view = view[:, :, ::-1]
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(view.transpose(2, 0, 1))),
+            "boxes": Boxes(torch.from_numpy(np.ascontiguousarray(boxes, dtype=np.float32))),
+            "ids": torch.from_numpy(np.asarray(ids, dtype=np.int64)),
+            "levels": torch.from_numpy(self._levels(boxes)),
+        }
