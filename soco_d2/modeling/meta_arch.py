@@ -1,0 +1,253 @@
+"""
+SoCo meta architecture: online and momentum-target detector trunks regressing each other's
+object embeddings across views (Sec. 3-5 of SOCO_SPEC.md).
+
+Shape shorthand:
+    N    images in the batch
+    V    views per image (3; 4 for SoCo*)
+    B_v  boxes of one image in view v (chosen by the mapper)
+    K    matched proposals per image and view pair
+    C    box feature dimension (FC_DIM of the box head; 2048 for the C4 res5 head)
+    D    embedding dimension (MODEL.SOCO.PROJECTOR_DIM)
+"""
+import copy
+import itertools
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
+from detectron2.modeling.backbone import Backbone
+from detectron2.structures import Boxes, ImageList
+
+from .loss import symmetric_pair_loss
+from .mlp import build_predictor, build_projector
+from .momentum import ema_update
+from .roi_heads import build_box_branch
+
+__all__ = ["SoCo", "ONLINE_TRUNK_PREFIXES"]
+
+# state_dict prefixes of the online detector trunk, i.e. what transfers by name to a stock
+# GeneralizedRCNN (FPN: backbone + box head; C4: backbone + res5). Projector, predictor and
+# target.* are pretraining-only.
+ONLINE_TRUNK_PREFIXES = ("backbone.", "roi_heads.box_head.", "roi_heads.res5.")
+
+# Online parts that have a momentum copy under `target.` (the predictor has none).
+_TARGET_PARTS = ("backbone", "roi_heads", "projector")
+
+
+@META_ARCH_REGISTRY.register()
+class SoCo(nn.Module):
+    """
+    SoCo pretraining model.
+
+    Online network: ``backbone`` (ResNet-FPN or ResNet-C4) -> ``roi_heads`` (RoIAlign + box head
+    or res5) -> ``projector`` g -> ``predictor`` q. Target network ``target.{backbone, roi_heads,
+    projector}``: a copy of the online parts updated only by :meth:`update_target`.
+
+    Module names equal Detectron2's, so ``backbone.*`` and ``roi_heads.box_head.*`` /
+    ``roi_heads.res5.*`` load into a stock GeneralizedRCNN without renaming.
+
+    Input: a list of N dicts from the SoCo dataset mapper (see docs_interface.md): ``views``
+    (each with uint8 ``image`` (3, S_v, S_v), ``boxes`` (B_v,), ``levels`` (B_v,)) and ``pairs``
+    ((a, b, idx_a (K,), idx_b (K,)), ...).
+
+    Output in training: {"loss_soco": scalar}, the sum over view pairs (a, b) of
+    mean byol(q(g(online_a)), g'(target_b)) + mean byol(q(g(online_b)), g'(target_a)).
+
+    Output in eval mode: one dict per image, ``{"views": [dict per view]}`` where each view
+    has the online ``box_features`` (B_v, C), ``projections`` (B_v, D) and ``predictions``
+    (B_v, D) of that image's boxes. The target is not run. Useful for debugging and probing.
+
+    BatchNorm: the target follows the model's train/eval mode, so while training it
+    normalises with batch statistics like the online network (BYOL); its running statistics
+    are overwritten from the online ones at each :meth:`update_target`.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        roi_heads: nn.Module,
+        projector: nn.Module,
+        predictor: nn.Module,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+    ):
+        """
+        Args:
+            backbone: online backbone (a Detectron2 Backbone).
+            roi_heads: online box branch, ``forward(features, boxes, levels) -> (M, C)``.
+            projector: g, (M, C) -> (M, D).
+            predictor: q, (M, D) -> (M, D); online only.
+            pixel_mean, pixel_std: per-channel normalisation, in the channel order of the
+                images (cfg.INPUT.FORMAT).
+        """
+        super().__init__()
+        self.backbone = backbone
+        self.roi_heads = roi_heads
+        self.projector = projector
+        self.predictor = predictor
+        # Momentum target: a copy of the online parts at init, no gradients ever. It is a
+        # submodule so that checkpoints carry it (keys target.backbone.*, ...), and it follows
+        # the model's train/eval mode: in training its BN layers use batch statistics (BYOL).
+        self.target = nn.ModuleDict(
+            {name: copy.deepcopy(getattr(self, name)) for name in _TARGET_PARTS}
+        )
+        self.target.requires_grad_(False)
+
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        assert self.pixel_mean.shape == self.pixel_std.shape, "PIXEL_MEAN / PIXEL_STD lengths differ"
+
+    @classmethod
+    def from_config(cls, cfg):
+        backbone = build_backbone(cfg)
+        roi_heads = build_box_branch(cfg, backbone.output_shape())
+        return {
+            "backbone": backbone,
+            "roi_heads": roi_heads,
+            "projector": build_projector(cfg, roi_heads.output_dim),
+            "predictor": build_predictor(cfg),
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def online_state_dict_prefixes(self) -> Tuple[str, ...]:
+        """The state_dict prefixes of this model's online trunk, for the exporter."""
+        keys = self.state_dict().keys()
+        return tuple(p for p in ONLINE_TRUNK_PREFIXES if any(k.startswith(p) for k in keys))
+
+    @torch.no_grad()
+    def update_target(self, m: float) -> None:
+        """target <- m * target + (1 - m) * online (buffers copied); call after each step."""
+        for name in _TARGET_PARTS:
+            ema_update(self.target[name], getattr(self, name), m)
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, batched_inputs: List[dict]):
+        """
+        Args:
+            batched_inputs: N mapper dicts, see the class docstring.
+
+        Returns:
+            training: {"loss_soco": scalar tensor}; eval: list of N dicts, see class docstring.
+        """
+        num_images = len(batched_inputs)
+        num_views = len(batched_inputs[0]["views"])
+        assert all(len(x["views"]) == num_views for x in batched_inputs), "images differ in views"
+        # counts[v][i]: boxes of image i in view v
+        counts = [[len(x["views"][v]["boxes"]) for x in batched_inputs] for v in range(num_views)]
+
+        online: List[Dict[str, torch.Tensor]] = [None] * num_views
+        target_proj: List[torch.Tensor] = [None] * num_views
+        # Views of the same size go through each network as one batch (e.g. V1 + V2 at 224,
+        # then V3 at 112): fewer, larger calls, and all networks see the same BN batches.
+        for views in self._views_by_size(batched_inputs):
+            images, boxes, levels = self._prepare(batched_inputs, views)
+            split = [sum(counts[v]) for v in views]
+
+            feats = self._box_features(self.backbone, self.roi_heads, images, boxes, levels)
+            proj = self.projector(feats)
+            pred = self.predictor(proj)
+            for v, f, z, p in zip(views, feats.split(split), proj.split(split), pred.split(split)):
+                online[v] = {"box_features": f, "projections": z, "predictions": p}
+
+            if self.training:
+                with torch.no_grad():
+                    t = self.target
+                    t_feats = self._box_features(
+                        t["backbone"], t["roi_heads"], images, boxes, levels
+                    )
+                    for v, z in zip(views, t["projector"](t_feats).split(split)):
+                        target_proj[v] = z
+
+        if not self.training:
+            per_image = [{"views": [{} for _ in range(num_views)]} for _ in range(num_images)]
+            for v in range(num_views):
+                for key, value in online[v].items():
+                    for i, chunk in enumerate(value.split(counts[v])):
+                        per_image[i]["views"][v][key] = chunk
+            return per_image
+
+        assert len(batched_inputs[0]["pairs"]) > 0, "no view pairs to compute the loss on"
+        loss = 0.0
+        for a, b, rows_a, rows_b in self._matched_rows(batched_inputs, counts):
+            rows_a, rows_b = rows_a.to(self.device), rows_b.to(self.device)
+            loss = loss + symmetric_pair_loss(
+                online[a]["predictions"][rows_a],
+                online[b]["predictions"][rows_b],
+                target_proj[a][rows_a],
+                target_proj[b][rows_b],
+            )
+        return {"loss_soco": loss}
+
+    @staticmethod
+    def _views_by_size(batched_inputs: List[dict]) -> List[List[int]]:
+        """View indices grouped by image size (of the first image), in order of first use."""
+        groups: Dict[Tuple[int, ...], List[int]] = {}
+        for v, view in enumerate(batched_inputs[0]["views"]):
+            groups.setdefault(tuple(view["image"].shape[-2:]), []).append(v)
+        return list(groups.values())
+
+    def _prepare(self, batched_inputs: List[dict], views: List[int]):
+        """
+        Normalised images, boxes and levels of ``views`` for all images, view-major:
+        entry j * N + i is image i in view views[j].
+        """
+        images, boxes, levels = [], [], []
+        for v in views:
+            for x in batched_inputs:
+                view = x["views"][v]
+                image = view["image"].to(self.device).float()
+                images.append((image - self.pixel_mean) / self.pixel_std)
+                b = view["boxes"]
+                b = b.tensor if isinstance(b, Boxes) else torch.as_tensor(b)
+                boxes.append(Boxes(b.to(self.device)))
+                lv = view.get("levels")
+                levels.append(None if lv is None else lv.to(self.device))
+        # Padding (bottom/right, after normalisation) only when a size is not a multiple of the
+        # backbone's stride (e.g. 112 with FPN); box coordinates are unaffected.
+        images = ImageList.from_tensors(
+            images,
+            self.backbone.size_divisibility,
+            padding_constraints=self.backbone.padding_constraints,
+        )
+        if any(lv is None for lv in levels):
+            levels = None
+        return images, boxes, levels
+
+    @staticmethod
+    def _box_features(backbone, roi_heads, images: ImageList, boxes, levels) -> torch.Tensor:
+        """(M, C) box features of one network for a batch of images."""
+        return roi_heads(backbone(images.tensor), boxes, levels)
+
+    @staticmethod
+    def _matched_rows(batched_inputs: List[dict], counts: List[List[int]]):
+        """
+        For every view pair (a, b): the rows of the N * K matched objects in view a's and view
+        b's (sum_i B_v,i, ...) outputs, image by image, same order in both.
+        """
+        num_pairs = len(batched_inputs[0]["pairs"])
+        assert all(len(x["pairs"]) == num_pairs for x in batched_inputs), "images differ in pairs"
+        # offsets[v][i]: first row of image i in view v's outputs
+        offsets = [list(itertools.accumulate(c[:-1], initial=0)) for c in counts]
+
+        for p in range(num_pairs):
+            a, b = batched_inputs[0]["pairs"][p][:2]
+            rows_a, rows_b = [], []
+            for i, x in enumerate(batched_inputs):
+                pa, pb, idx_a, idx_b = x["pairs"][p]
+                assert (pa, pb) == (a, b), "pair order differs between images"
+                assert len(idx_a) == len(idx_b), "unequal matches in a pair"
+                rows_a.append(torch.as_tensor(idx_a, dtype=torch.int64) + offsets[a][i])
+                rows_b.append(torch.as_tensor(idx_b, dtype=torch.int64) + offsets[b][i])
+            yield a, b, torch.cat(rows_a), torch.cat(rows_b)

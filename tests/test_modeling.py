@@ -1,0 +1,338 @@
+"""SoCo model: loss, momentum, pooling levels, gradients, weight names, batching (CPU, tiny)."""
+import math
+
+import pytest
+import torch
+from torch import nn
+from torchvision.ops import roi_align
+
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes
+
+from soco_d2.config import add_soco_config
+from soco_d2.modeling import (
+    NaiveSyncBatchNorm1d,
+    SoCo,
+    byol_loss,
+    ema_update,
+    get_norm_1d,
+    momentum_at,
+    symmetric_pair_loss,
+)
+
+FPN_LEVELS = ["p2", "p3", "p4", "p5"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    # The models are tiny: one intra-op thread is as fast, and far steadier on a busy machine
+    # (oversubscribed OpenMP threads spin-wait).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_cfg(arch="fpn", norm="BN"):
+    cfg = get_cfg()
+    add_soco_config(cfg)
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.META_ARCHITECTURE = "SoCo"
+    cfg.MODEL.PIXEL_MEAN = [123.675, 116.28, 103.53]
+    cfg.MODEL.PIXEL_STD = [58.395, 57.12, 57.375]
+    r = cfg.MODEL.RESNETS
+    r.DEPTH, r.RES2_OUT_CHANNELS, r.NORM, r.STRIDE_IN_1X1 = 18, 64, norm, False
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0
+    box = cfg.MODEL.ROI_BOX_HEAD
+    box.POOLER_TYPE, box.POOLER_SAMPLING_RATIO = "ROIAlignV2", 0
+    if arch == "fpn":
+        cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
+        r.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+        cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+        cfg.MODEL.FPN.OUT_CHANNELS, cfg.MODEL.FPN.NORM = 32, norm
+        cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
+        cfg.MODEL.ROI_HEADS.IN_FEATURES = FPN_LEVELS
+        cfg.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+        cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[32], [64], [128], [256], [512]]
+        box.NAME, box.NUM_CONV, box.CONV_DIM, box.NUM_FC, box.FC_DIM = "FastRCNNConvFCHead", 4, 32, 1, 64
+        box.NORM, box.POOLER_RESOLUTION = norm, 7
+    else:
+        cfg.MODEL.BACKBONE.NAME = "build_resnet_backbone"
+        r.OUT_FEATURES = ["res4"]
+        cfg.MODEL.ROI_HEADS.NAME = "Res5ROIHeads"
+        cfg.MODEL.ROI_HEADS.IN_FEATURES = ["res4"]
+        box.POOLER_RESOLUTION = 8
+    s = cfg.MODEL.SOCO
+    s.PROJECTOR_HIDDEN_DIM, s.PROJECTOR_DIM, s.PREDICTOR_HIDDEN_DIM, s.HEAD_NORM = 64, 32, 64, norm
+    return cfg
+
+
+def tiny_model(arch="fpn", norm="BN", seed=0):
+    torch.manual_seed(seed)
+    model = build_model(tiny_cfg(arch, norm))
+    assert isinstance(model, SoCo)
+    return model
+
+
+def make_inputs(sizes=(64, 64, 32), num_images=2, k=3, seed=0):
+    """Mapper-like dicts: K + 1 boxes per view (ids shuffled), levels cycling over P2..P5."""
+    g = torch.Generator().manual_seed(seed)
+    inputs = []
+    for i in range(num_images):
+        views = []
+        for s in sizes:
+            b = k + 1
+            xy = torch.rand(b, 2, generator=g) * s * 0.5
+            wh = (0.2 + 0.3 * torch.rand(b, 2, generator=g)) * s
+            views.append(
+                {
+                    "image": torch.randint(0, 256, (3, s, s), generator=g, dtype=torch.uint8),
+                    "boxes": Boxes(torch.cat([xy, (xy + wh).clamp(max=s)], dim=1)),
+                    "ids": torch.randperm(b, generator=g),
+                    "levels": (torch.arange(b) + i) % 4,
+                }
+            )
+        pairs = []
+        for a, bv in [(0, 1), (0, 2)]:
+            order_a, order_b = torch.argsort(views[a]["ids"]), torch.argsort(views[bv]["ids"])
+            pairs.append((a, bv, order_a[:k], order_b[:k]))  # rows holding ids 0..k-1
+        inputs.append({"file_name": f"img{i}.jpg", "image_id": i, "views": views, "pairs": pairs})
+    return inputs
+
+
+# ---------------------------------------------------------------- loss
+
+
+def test_byol_loss_values():
+    x = torch.randn(5, 8)
+    assert torch.allclose(byol_loss(x, x), torch.zeros(5), atol=1e-6)
+    assert torch.allclose(byol_loss(x, -x), torch.full((5,), 4.0), atol=1e-6)
+    y = torch.randn(5, 8)
+    assert torch.allclose(byol_loss(3.0 * x, 0.5 * y), byol_loss(x, y), atol=1e-6)
+    cos = nn.functional.cosine_similarity(x, y, dim=1)
+    assert torch.allclose(byol_loss(x, y), 2 - 2 * cos, atol=1e-6)
+    expected = byol_loss(x, -x).mean() + byol_loss(y, y).mean()
+    assert torch.allclose(symmetric_pair_loss(x, y, y, -x), expected)
+
+
+def test_byol_loss_no_grad_into_target():
+    p = torch.randn(4, 8, requires_grad=True)
+    z = torch.randn(4, 8, requires_grad=True)
+    byol_loss(p, z).sum().backward()
+    assert p.grad is not None and z.grad is None
+
+
+# ---------------------------------------------------------------- momentum
+
+
+def test_momentum_schedule():
+    base, total = 0.99, 100
+    values = [momentum_at(k, total, base) for k in range(total + 1)]
+    assert values[0] == pytest.approx(base)
+    assert values[-1] == pytest.approx(1.0)
+    assert all(b >= a for a, b in zip(values, values[1:]))
+    assert momentum_at(total // 2, total, base) == pytest.approx(1 - (1 - base) / 2)
+
+
+def test_ema_update_copies_and_freezes():
+    torch.manual_seed(0)
+    online = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6))
+    target = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6))
+    online(torch.randn(8, 4))  # moves online running stats
+    before = {k: v.clone() for k, v in target.named_parameters()}
+    ema_update(target, online, 1.0)
+    assert all(torch.equal(v, before[k]) for k, v in target.named_parameters())
+    # buffers (BN running statistics) are copied whatever m is
+    assert torch.equal(target[1].running_mean, online[1].running_mean)
+    ema_update(target, online, 0.0)
+    assert all(torch.equal(target.state_dict()[k], v) for k, v in online.state_dict().items())
+    # 0 < m < 1 interpolates parameters
+    t0, o = target[0].weight.clone(), nn.Linear(4, 6).weight
+    with torch.no_grad():
+        online[0].weight.copy_(o)
+    ema_update(target, online, 0.25)
+    assert torch.allclose(target[0].weight, 0.25 * t0 + 0.75 * o)
+
+
+def test_update_target_on_model():
+    model = tiny_model()
+    with torch.no_grad():
+        for p in model.backbone.parameters():
+            p.add_(1.0)
+    model.update_target(1.0)
+    online_w = model.backbone.bottom_up.stem.conv1.weight
+    assert not torch.equal(online_w, model.target["backbone"].bottom_up.stem.conv1.weight)
+    model.update_target(0.0)
+    sd = model.state_dict()
+    for name in ("backbone", "roi_heads", "projector"):
+        for k, v in getattr(model, name).state_dict().items():
+            assert torch.equal(sd[f"target.{name}.{k}"], v), k
+
+
+# ---------------------------------------------------------------- pooling
+
+
+def test_each_box_pooled_from_its_level():
+    model = tiny_model().eval()
+    inputs = make_inputs()
+    feats, pooled = [], []
+    model.backbone.register_forward_hook(lambda m, i, o: feats.append(o))
+    model.roi_heads.box_head.register_forward_pre_hook(lambda m, i: pooled.append(i[0]))
+    with torch.no_grad():
+        model(inputs)
+    # first group: views 0 and 1 (64x64), view-major, image by image
+    features, rows = feats[0], pooled[0]
+    strides = {f: s.stride for f, s in model.backbone.output_shape().items()}
+    r = 0
+    for v in (0, 1):
+        for i, x in enumerate(inputs):
+            view = x["views"][v]
+            for box, level in zip(view["boxes"].tensor, view["levels"].tolist()):
+                name = FPN_LEVELS[level]
+                roi = torch.cat([torch.tensor([v * len(inputs) + i], dtype=torch.float32), box])[None]
+                expect = roi_align(features[name], roi, 7, 1.0 / strides[name], 0, aligned=True)
+                assert torch.allclose(rows[r], expect[0], atol=1e-5), (v, i, level)
+                r += 1
+    assert r == rows.shape[0]
+    assert {lv for x in inputs for lv in x["views"][0]["levels"].tolist()} == {0, 1, 2, 3}
+
+
+def test_all_levels_mode_matches_scale_aware_in_eval():
+    model = tiny_model().eval()
+    inputs = make_inputs()
+    with torch.no_grad():
+        out_assigned = model(inputs)
+        model.roi_heads.level_assignment = "all"
+        model.target["roi_heads"].level_assignment = "all"
+        out_all = model(inputs)
+    assert len(out_all) == len(inputs)
+    for a, b in zip(out_assigned, out_all):
+        for va, vb in zip(a["views"], b["views"]):
+            assert va.keys() == {"box_features", "projections", "predictions"}
+            for key in va:
+                assert torch.allclose(va[key], vb[key], atol=1e-5), key
+
+
+def test_eval_output_shapes():
+    model = tiny_model().eval()
+    inputs = make_inputs(k=2)
+    with torch.no_grad():
+        out = model(inputs)
+    for x, o in zip(inputs, out):
+        for view, ov in zip(x["views"], o["views"]):
+            n = len(view["boxes"])
+            assert ov["box_features"].shape == (n, 64)
+            assert ov["projections"].shape == ov["predictions"].shape == (n, 32)
+
+
+# ---------------------------------------------------------------- gradients and training
+
+
+def test_only_online_branch_gets_gradients():
+    model = tiny_model().train()
+    loss = model(make_inputs())["loss_soco"]
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    online = [(n, p) for n, p in model.named_parameters() if not n.startswith("target.")]
+    assert any(n.startswith("predictor.") for n, _ in online)
+    for n, p in online:
+        assert p.requires_grad, n
+        assert p.grad is not None and torch.isfinite(p.grad).all(), n
+    for n, p in model.target.named_parameters():
+        assert not p.requires_grad and p.grad is None, n
+    assert not any(k.startswith("target.predictor") for k in model.state_dict())
+    assert model.target.training  # target follows the model's mode (BN batch statistics)
+
+
+def test_loss_decreases_on_fixed_batch():
+    model = tiny_model(seed=1).train()
+    inputs = make_inputs(seed=1)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.05, momentum=0.9)
+    steps, losses = 30, []
+    for it in range(steps):
+        loss = model(inputs)["loss_soco"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        model.update_target(momentum_at(it, steps, 0.99))
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_equal_size_views_share_one_forward():
+    model = tiny_model().train()
+    calls = {"online": [], "target": []}
+    model.backbone.register_forward_pre_hook(lambda m, i: calls["online"].append(tuple(i[0].shape)))
+    model.target["backbone"].register_forward_pre_hook(lambda m, i: calls["target"].append(tuple(i[0].shape)))
+    model(make_inputs(sizes=(64, 64, 32)))
+    assert calls["online"] == [(4, 3, 64, 64), (2, 3, 32, 32)]
+    assert calls["target"] == calls["online"]
+
+
+def test_sizes_not_divisible_by_stride_are_padded():
+    model = tiny_model().train()
+    shapes = []
+    model.backbone.register_forward_pre_hook(lambda m, i: shapes.append(tuple(i[0].shape)))
+    loss = model(make_inputs(sizes=(64, 64, 48)))["loss_soco"]
+    assert torch.isfinite(loss)
+    assert shapes[1] == (2, 3, 64, 64)
+
+
+@pytest.mark.parametrize("norm", ["SyncBN", "naiveSyncBN"])
+def test_sync_norms_single_process(norm):
+    model = tiny_model(norm=norm).train()
+    assert isinstance(model.projector.norm, (nn.SyncBatchNorm, NaiveSyncBatchNorm1d))
+    loss = model(make_inputs(k=2))["loss_soco"]
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+def test_norm_1d():
+    assert isinstance(get_norm_1d("BN", 4), nn.BatchNorm1d)
+    assert get_norm_1d("", 4) is None
+    bn = NaiveSyncBatchNorm1d(4).train()
+    x = torch.randn(6, 4)
+    assert torch.allclose(bn(x), nn.functional.batch_norm(x, None, None, training=True), atol=1e-5)
+
+
+# ---------------------------------------------------------------- weight names
+
+
+def _stock_rcnn(arch):
+    cfg = tiny_cfg(arch)
+    cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+    cfg.MODEL.MASK_ON = False
+    return build_model(cfg)
+
+
+def test_fpn_keys_match_stock_mask_rcnn():
+    soco = tiny_model().state_dict()
+    stock = _stock_rcnn("fpn").state_dict()
+    trunk = [k for k in stock if k.startswith(("backbone.", "roi_heads.box_head."))]
+    assert any(k.startswith("roi_heads.box_head.conv4.") for k in trunk)
+    assert "roi_heads.box_head.fc1.weight" in trunk
+    for k in trunk:
+        assert k in soco, k
+        assert soco[k].shape == stock[k].shape, k
+    for k in soco:
+        if k.startswith(("backbone.", "roi_heads.", "projector.")):
+            assert f"target.{k}" in soco, k
+    assert tiny_model().online_state_dict_prefixes() == ("backbone.", "roi_heads.box_head.")
+
+
+def test_c4_variant_builds_trains_and_matches_res5_heads():
+    model = tiny_model("c4").train()
+    soco = model.state_dict()
+    stock = _stock_rcnn("c4").state_dict()
+    trunk = [k for k in stock if k.startswith(("backbone.", "roi_heads.res5."))]
+    assert any(k.startswith("roi_heads.res5.2.") for k in trunk)
+    for k in trunk:
+        assert k in soco and soco[k].shape == stock[k].shape, k
+    assert model.projector.fc1.in_features == 512  # res5 output of the tiny R18
+    assert model.online_state_dict_prefixes() == ("backbone.", "roi_heads.res5.")
+    loss = model(make_inputs(k=2))["loss_soco"]
+    loss.backward()
+    assert torch.isfinite(loss)
