@@ -177,7 +177,8 @@ def test_each_box_pooled_from_its_level():
     model = tiny_model().eval()
     inputs = make_inputs()
     feats, pooled = [], []
-    model.backbone.register_forward_hook(lambda m, i, o: feats.append(o))
+    # the features the box branch pooled from (only levels with boxes are computed)
+    model.roi_heads.register_forward_pre_hook(lambda m, i: feats.append(i[0]))
     model.roi_heads.box_head.register_forward_pre_hook(lambda m, i: pooled.append(i[0]))
     with torch.no_grad():
         model(inputs)
@@ -265,8 +266,8 @@ def test_loss_decreases_on_fixed_batch():
 def test_equal_size_views_share_one_forward():
     model = tiny_model().train()
     calls = {"online": [], "target": []}
-    model.backbone.register_forward_pre_hook(lambda m, i: calls["online"].append(tuple(i[0].shape)))
-    model.target["backbone"].register_forward_pre_hook(lambda m, i: calls["target"].append(tuple(i[0].shape)))
+    model.backbone.bottom_up.register_forward_pre_hook(lambda m, i: calls["online"].append(tuple(i[0].shape)))
+    model.target["backbone"].bottom_up.register_forward_pre_hook(lambda m, i: calls["target"].append(tuple(i[0].shape)))
     model(make_inputs(sizes=(64, 64, 32)))
     assert calls["online"] == [(4, 3, 64, 64), (2, 3, 32, 32)]
     assert calls["target"] == calls["online"]
@@ -275,7 +276,7 @@ def test_equal_size_views_share_one_forward():
 def test_sizes_not_divisible_by_stride_are_padded():
     model = tiny_model().train()
     shapes = []
-    model.backbone.register_forward_pre_hook(lambda m, i: shapes.append(tuple(i[0].shape)))
+    model.backbone.bottom_up.register_forward_pre_hook(lambda m, i: shapes.append(tuple(i[0].shape)))
     loss = model(make_inputs(sizes=(64, 64, 48)))["loss_soco"]
     assert torch.isfinite(loss)
     assert shapes[1] == (2, 3, 64, 64)
@@ -336,3 +337,30 @@ def test_c4_variant_builds_trains_and_matches_res5_heads():
     loss = model(make_inputs(k=2))["loss_soco"]
     loss.backward()
     assert torch.isfinite(loss)
+
+
+# ---------------------------------------------------------------- FPN levels on demand
+
+
+def test_fpn_forward_computes_only_needed_levels_and_matches_fpn():
+    from soco_d2.modeling.fpn_levels import fpn_forward, levels_needed
+
+    model = tiny_model().eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        full = model.backbone(x)
+        out = fpn_forward(model.backbone, x, [True] * 4)
+        assert set(out) == {"p2", "p3", "p4", "p5"}
+        for name, f in out.items():
+            torch.testing.assert_close(f, full[name], rtol=0, atol=0)
+        calls = []
+        for conv in model.backbone.output_convs:
+            conv.register_forward_pre_hook(lambda m, i: calls.append(m))
+        part = fpn_forward(model.backbone, x, [False, True, False, True])
+    assert part["p2"] is None and part["p4"] is None
+    torch.testing.assert_close(part["p3"], full["p3"], rtol=0, atol=0)
+    torch.testing.assert_close(part["p5"], full["p5"], rtol=0, atol=0)
+    assert len(calls) == 2  # only the two needed output convs ran
+    levels = [torch.tensor([1, 3, 3]), torch.tensor([], dtype=torch.int64)]
+    assert levels_needed(levels, 4, all_levels=False) == [False, True, False, True]
+    assert levels_needed(levels, 4, all_levels=True) == [True] * 4

@@ -19,9 +19,10 @@ from torch import nn
 
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
-from detectron2.modeling.backbone import Backbone
+from detectron2.modeling.backbone import FPN, Backbone
 from detectron2.structures import Boxes, ImageList
 
+from .fpn_levels import fpn_forward, levels_needed
 from .loss import symmetric_pair_loss
 from .mlp import build_predictor, build_projector
 from .momentum import ema_update
@@ -148,6 +149,7 @@ class SoCo(nn.Module):
         counts = [[len(x["views"][v]["boxes"]) for x in batched_inputs] for v in range(num_views)]
 
         online: List[Dict[str, torch.Tensor]] = [None] * num_views
+        keepalive = 0.0
         target_proj: List[torch.Tensor] = [None] * num_views
         # Views of the same size go through each network as one batch (e.g. V1 + V2 at 224,
         # then V3 at 112): fewer, larger calls, and all networks see the same BN batches.
@@ -155,7 +157,8 @@ class SoCo(nn.Module):
             images, boxes, levels = self._prepare(batched_inputs, views)
             split = [sum(counts[v]) for v in views]
 
-            feats = self._box_features(self.backbone, self.roi_heads, images, boxes, levels)
+            feats, zero = self._box_features(self.backbone, self.roi_heads, images, boxes, levels)
+            keepalive = keepalive + zero
             proj = self.projector(feats)
             pred = self.predictor(proj)
             for v, f, z, p in zip(views, feats.split(split), proj.split(split), pred.split(split)):
@@ -164,7 +167,7 @@ class SoCo(nn.Module):
             if self.training:
                 with torch.no_grad():
                     t = self.target
-                    t_feats = self._box_features(
+                    t_feats, _ = self._box_features(
                         t["backbone"], t["roi_heads"], images, boxes, levels
                     )
                     for v, z in zip(views, t["projector"](t_feats).split(split)):
@@ -179,7 +182,7 @@ class SoCo(nn.Module):
             return per_image
 
         assert len(batched_inputs[0]["pairs"]) > 0, "no view pairs to compute the loss on"
-        loss = 0.0
+        loss = keepalive
         for a, b, rows_a, rows_b in self._matched_rows(batched_inputs, counts):
             rows_a, rows_b = rows_a.to(self.device), rows_b.to(self.device)
             loss = loss + symmetric_pair_loss(
@@ -226,9 +229,22 @@ class SoCo(nn.Module):
         return images, boxes, levels
 
     @staticmethod
-    def _box_features(backbone, roi_heads, images: ImageList, boxes, levels) -> torch.Tensor:
-        """(M, C) box features of one network for a batch of images."""
-        return roi_heads(backbone(images.tensor), boxes, levels)
+    def _box_features(backbone, roi_heads, images: ImageList, boxes, levels):
+        """
+        (M, C) box features of one network for a batch of images, and a zero scalar that
+        touches every FPN level computed. Only levels some box is pooled from are computed
+        (fpn_levels.py); adding the zero to the loss makes a level computed for another rank's
+        boxes run its backward here too, so synchronised BatchNorm stays in step across ranks.
+        """
+        if isinstance(backbone, FPN) and levels is not None:
+            needed = levels_needed(
+                levels, len(roi_heads.in_features), roi_heads.level_assignment == "all"
+            )
+            features = fpn_forward(backbone, images.tensor, needed)
+        else:
+            features = backbone(images.tensor)
+        zero = sum(f.sum() * 0.0 for f in features.values() if f is not None)
+        return roi_heads(features, boxes, levels), zero
 
     @staticmethod
     def _matched_rows(batched_inputs: List[dict], counts: List[List[int]]):

@@ -89,15 +89,17 @@ class FPNBoxBranch(nn.Module):
         RoIAlign every box from its own level.
 
         Args:
-            features: one (N, C, H_l, W_l) map per level of ``in_features``.
+            features: one (N, C, H_l, W_l) map per level of ``in_features``; None for a
+                level that no box is assigned to.
             rois: (M, 5) boxes in pooler format (batch index, x1, y1, x2, y2).
             levels: (M,) int64 level index of each box.
 
         Returns:
             (M, C, R, R), row i pooled from ``features[levels[i]]``.
         """
-        num_channels = features[0].shape[1]
-        out = features[0].new_zeros((rois.shape[0], num_channels, *self.box_pooler.output_size))
+        # Levels that no box needs may be None (see fpn_levels.fpn_forward).
+        ref = next(f for f in features if f is not None)
+        out = ref.new_zeros((rois.shape[0], ref.shape[1], *self.box_pooler.output_size))
         for level, pooler in enumerate(self.box_pooler.level_poolers):
             inds = torch.nonzero(levels == level).squeeze(1)
             if inds.numel() > 0:

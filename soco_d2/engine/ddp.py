@@ -1,0 +1,61 @@
+"""What SoCo's trainers share with DefaultTrainer.__init__, made to work on CPU processes too.
+
+Detectron2's ``create_ddp_model`` always passes ``device_ids=[local_rank]``, which
+DistributedDataParallel rejects for a model on the CPU (several CPU processes talking over
+gloo, as ``train_net.py --num-gpus N`` starts on a machine without CUDA). Here the device ids
+are left out for CPU models, the AMP trainer takes ``SOLVER.AMP.PRECISION`` (fp16 or bf16),
+and :func:`finish_trainer_init` is the rest of ``DefaultTrainer.__init__`` after the model,
+optimizer and data loader are built, for any DefaultTrainer subclass.
+"""
+import weakref
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import AMPTrainer, SimpleTrainer, create_ddp_model
+
+__all__ = ["AMP_DTYPES", "create_ddp_model_any_device", "build_step_trainer", "finish_trainer_init"]
+
+AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def create_ddp_model_any_device(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
+    """``detectron2.engine.create_ddp_model`` that also wraps CPU models.
+
+    With one process the model is returned as it is. On the CPU, DistributedDataParallel gets
+    ``device_ids=None`` (required for CPU modules) unless the caller sets it.
+    """
+    if not next(model.parameters()).is_cuda:
+        kwargs.setdefault("device_ids", None)
+    return create_ddp_model(model, **kwargs)
+
+
+def build_step_trainer(cfg, model, data_loader, optimizer):
+    """SimpleTrainer, or AMPTrainer in ``SOLVER.AMP.PRECISION`` when ``SOLVER.AMP.ENABLED``.
+
+    bf16 has fp32's exponent range, so it runs without loss scaling. Configs without SoCo's
+    ``SOLVER.AMP.PRECISION`` key get Detectron2's fp16.
+    """
+    if not cfg.SOLVER.AMP.ENABLED:
+        return SimpleTrainer(model, data_loader, optimizer)
+    dtype = AMP_DTYPES[cfg.SOLVER.AMP.get("PRECISION", "float16")]
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    return AMPTrainer(model, data_loader, optimizer, grad_scaler=scaler, precision=dtype)
+
+
+def finish_trainer_init(trainer, cfg, model, optimizer, data_loader, **ddp_kwargs) -> None:
+    """The end of ``DefaultTrainer.__init__``, given what its ``build_*`` methods returned.
+
+    Wraps ``model`` in DDP (CPU or GPU; ``broadcast_buffers=False`` as Detectron2, plus
+    ``ddp_kwargs``, e.g. ``find_unused_parameters=True``), builds the step trainer, the LR
+    scheduler and the checkpointer, sets the iteration range and ``trainer.cfg`` (to ``cfg``,
+    which may differ from the caller's after auto-scaling), and registers
+    ``trainer.build_hooks()``.
+    """
+    model = create_ddp_model_any_device(model, **{"broadcast_buffers": False, **ddp_kwargs})
+    trainer._trainer = build_step_trainer(cfg, model, data_loader, optimizer)
+    trainer.scheduler = trainer.build_lr_scheduler(cfg, optimizer)
+    trainer.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(trainer))
+    trainer.start_iter = 0
+    trainer.max_iter = cfg.SOLVER.MAX_ITER
+    trainer.cfg = cfg
+    trainer.register_hooks(trainer.build_hooks())
