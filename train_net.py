@@ -1,9 +1,14 @@
 #!/usr/bin/env python
-"""SoCo pretraining inside Detectron2.
+"""SoCo pretraining inside Detectron2, and fine-tuning of Detectron2 detectors on its weights.
 
 Pretraining, one machine with 8 GPUs::
 
     python train_net.py --config-file configs/soco_R50_FPN_100ep.yaml --num-gpus 8
+
+Fine-tuning and evaluation (any config whose META_ARCHITECTURE is not "SoCo")::
+
+    python train_net.py --config-file configs/transfer/mask_rcnn_R50_FPN_1x.yaml --num-gpus 8 \
+        MODEL.WEIGHTS output/soco_R50_FPN_100ep/model_final_trunk.pth
 
 Many machines: add ``--num-machines M --machine-rank R --dist-url tcp://HOST:PORT`` on each.
 On a CPU-only machine ``--num-gpus N`` starts N processes that talk over gloo.
@@ -11,16 +16,18 @@ Resume the last checkpoint of OUTPUT_DIR with ``--resume``. Trailing ``KEY VALUE
 override the config.
 """
 import logging
-import os
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from soco_d2 import add_soco_config
 from soco_d2.data import register_datasets_from_cfg
-from soco_d2.engine import SoCoTrainer
+from soco_d2.config_loading import check_weights_set, load_config
+from soco_d2.engine import DetectionTrainer, SoCoTrainer
 
 logger = logging.getLogger("soco_d2")
 
@@ -29,7 +36,7 @@ def setup(args):
     """Config from file and overrides, with SoCo's keys, datasets registered, frozen."""
     cfg = get_cfg()
     add_soco_config(cfg)
-    cfg.merge_from_file(args.config_file)
+    load_config(cfg, args.config_file)
     cfg.merge_from_list(args.opts)
     register_datasets_from_cfg(cfg)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
@@ -39,23 +46,31 @@ def setup(args):
         )
     cfg.freeze()
     default_setup(cfg, args)
+    # Detectron2-format logs (console + OUTPUT_DIR/log.txt) for this package's modules too.
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="soco_d2", abbrev_name="soco")
     return cfg
 
 
 def main(args):
     cfg = setup(args)
+    if cfg.MODEL.META_ARCHITECTURE == "SoCo":
+        Trainer = SoCoTrainer
+    else:  # fine-tuning / evaluating a Detectron2 detector
+        check_weights_set(cfg, args.config_file)
+        Trainer = DetectionTrainer
     if args.eval_only:
-        model = SoCoTrainer.build_model(cfg)
+        model = Trainer.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
-        return SoCoTrainer.test(cfg, model)
+        return Trainer.test(cfg, model)
 
-    trainer = SoCoTrainer(cfg)
+    trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
-    trainer.train()
+    # Detection: DefaultTrainer's EvalHook evaluates DATASETS.TEST when training ends.
+    results = trainer.train()
     logger.info(f"Done. Checkpoints, metrics.json and TensorBoard events are in {cfg.OUTPUT_DIR}")
-    return os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+    return results
 
 
 def invoke_main() -> None:

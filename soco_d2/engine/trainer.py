@@ -1,23 +1,19 @@
 """Detectron2 trainer for SoCo pretraining: three-view loader, LARS, momentum target."""
 import logging
-import weakref
 
-import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, create_ddp_model
+from detectron2.engine import DefaultTrainer
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..data.mapper import SoCoDatasetMapper
 from ..data import num_images
 from ..solver import build_soco_optimizer, resolve_epochs
+from .ddp import finish_trainer_init
+from .export_hook import ExportTrunkHook
 from .hooks import MomentumUpdateHook
 
 logger = logging.getLogger(__name__)
-
-_AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
-
 
 def build_soco_train_loader(cfg):
     """Pretraining loader: records of DATASETS.TRAIN mapped to views by SoCoDatasetMapper.
@@ -63,33 +59,9 @@ class SoCoTrainer(DefaultTrainer):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
 
-        on_gpu = next(model.parameters()).is_cuda
         # find_unused_parameters: the FPN levels computed change from step to step (only
         # levels some box is assigned to run, see modeling/fpn_levels.py).
-        model = create_ddp_model(
-            model,
-            broadcast_buffers=False,
-            find_unused_parameters=True,
-            **({} if on_gpu else {"device_ids": None}),
-        )
-        if cfg.SOLVER.AMP.ENABLED:
-            dtype = _AMP_DTYPES[cfg.SOLVER.AMP.PRECISION]
-            # bf16 has fp32's range: no loss scaling needed.
-            scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-            self._trainer = AMPTrainer(
-                model, data_loader, optimizer, grad_scaler=scaler, precision=dtype
-            )
-        else:
-            self._trainer = SimpleTrainer(model, data_loader, optimizer)
-
-        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(
-            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
-        )
-        self.start_iter = 0
-        self.max_iter = cfg.SOLVER.MAX_ITER
-        self.cfg = cfg
-        self.register_hooks(self.build_hooks())
+        finish_trainer_init(self, cfg, model, optimizer, data_loader, find_unused_parameters=True)
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -104,6 +76,8 @@ class SoCoTrainer(DefaultTrainer):
         # Right after the LR scheduler hook, before the checkpointer, so a checkpoint taken
         # after step k holds the target that step k+1 will use.
         ret.insert(2, MomentumUpdateHook(self.cfg.MODEL.SOCO.MOMENTUM))
+        # model_final_trunk.pth: the online trunk as Detectron2 weights, when training ends.
+        ret.append(ExportTrunkHook(self.cfg.OUTPUT_DIR))
         return ret
 
     @classmethod

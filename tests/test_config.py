@@ -1,0 +1,72 @@
+import glob
+import os
+
+import pytest
+import yaml
+
+from train_net import setup
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs")
+CONFIGS = sorted(glob.glob(os.path.join(CONFIG_DIR, "**", "*.yaml"), recursive=True))
+
+
+class _Args:
+    def __init__(self, config_file, opts):
+        self.config_file = config_file
+        self.opts = opts
+        self.eval_only = False
+        self.resume = False
+
+
+def test_configs_exist():
+    names = {os.path.relpath(p, CONFIG_DIR) for p in CONFIGS}
+    for required in (
+        "Base-SoCo-R50-FPN.yaml",
+        "soco_R50_FPN_100ep.yaml",
+        "soco_R50_FPN_400ep.yaml",
+        "soco_star_R50_FPN_400ep.yaml",
+        "soco_R50_C4_100ep.yaml",
+    ):
+        assert required in names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, CONFIG_DIR))
+def test_every_config_loads_through_setup(path, tmp_path):
+    cfg = setup(_Args(path, ["MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(tmp_path)]))
+    assert cfg.is_frozen()
+    assert cfg.MODEL.DEVICE == "cpu"
+    with open(path) as f:
+        raw = yaml.safe_load(f)
+    if "SOLVER" in raw and "EPOCHS" in raw["SOLVER"]:
+        assert cfg.SOLVER.EPOCHS == raw["SOLVER"]["EPOCHS"]
+    # default_setup() records the merged config next to the logs
+    assert os.path.isfile(os.path.join(tmp_path, "config.yaml"))
+
+
+def test_published_run_defaults():
+    cfg = setup(_Args(os.path.join(CONFIG_DIR, "soco_R50_FPN_100ep.yaml"), ["MODEL.DEVICE", "cpu"]))
+    s = cfg.INPUT.SOCO
+    assert (s.VIEW1_SIZE, s.VIEW2_SIZE, s.VIEW3_SIZE, s.VIEW4_SIZE) == (224, 224, 112, 0)
+    assert s.VIEW3_MODE == "crop" and s.NUM_PROPOSALS == 4 and s.CUTOUT_IN_BOX
+    assert tuple(cfg.MODEL.SOCO.LEVEL_THRESHOLDS) == (48, 96, 192)
+    assert cfg.MODEL.SOCO.MOMENTUM == 0.99
+    assert cfg.MODEL.ROI_BOX_HEAD.NUM_CONV == 4 and cfg.MODEL.ROI_BOX_HEAD.NUM_FC == 1
+    assert cfg.SOLVER.OPTIMIZER == "LARS" and cfg.SOLVER.WEIGHT_DECAY == 1e-5
+    assert cfg.SOLVER.IMS_PER_BATCH == 2048 and cfg.SOLVER.WARMUP_EPOCHS == 10
+
+
+def test_unknown_key_names_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text('_BASE_: "%s"\nINPUT:\n  SOCO:\n    NUM_PROPOSAL: 4\n'
+                   % os.path.join(CONFIG_DIR, "Base-SoCo-R50-FPN.yaml"))
+    with pytest.raises(KeyError, match="NUM_PROPOSAL"):
+        setup(_Args(str(bad), ["MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(tmp_path)]))
+
+
+def test_cuda_device_without_cuda_says_what_to_do(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available")
+    with pytest.raises(RuntimeError, match="MODEL.DEVICE cpu"):
+        setup(_Args(os.path.join(CONFIG_DIR, "soco_R50_FPN_100ep.yaml"), ["OUTPUT_DIR", str(tmp_path)]))
