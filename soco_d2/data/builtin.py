@@ -1,0 +1,60 @@
+"""Dataset names that work out of the box, rooted at $DETECTRON2_DATASETS (default ./datasets).
+
+Pretraining sets (images + proposals, labels ignored):
+
+- ``soco_synthetic_train``: the embedded synthetic scenes (``make demo`` writes them).
+- ``imagenet_train_soco``: ``imagenet/train/**`` with ``soco_proposals/imagenet_train.pkl``.
+- ``coco_2017_train_soco``: COCO train2017 images with ``soco_proposals/coco_2017_train.pkl``.
+
+Detection sets with labels (for fine-tuning and evaluation):
+
+- ``soco_synthetic_det_train`` / ``soco_synthetic_det_val``.
+"""
+import os
+
+from detectron2.data.datasets import register_coco_instances
+
+from .datasets import register_soco_images
+from .synthetic import SYNTHETIC_CATEGORIES, synthetic_split_paths
+
+SYNTHETIC_DIRNAME = "soco_synthetic"
+
+
+def datasets_root() -> str:
+    return os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
+
+
+def synthetic_proposal_file(root: str, split: str) -> str:
+    return os.path.join(root, SYNTHETIC_DIRNAME, f"proposals_{split}.pkl")
+
+
+def register_all_builtin(root: str) -> None:
+    syn = os.path.join(root, SYNTHETIC_DIRNAME)
+    for split in ("train", "val"):
+        json_file, image_root = synthetic_split_paths(syn, split)
+        register_soco_images(
+            f"soco_synthetic_{split}", image_root, synthetic_proposal_file(root, split), json_file
+        )
+        meta = {
+            "thing_classes": [c["name"] for c in SYNTHETIC_CATEGORIES],
+            "thing_dataset_id_to_contiguous_id": {
+                c["id"]: i for i, c in enumerate(SYNTHETIC_CATEGORIES)
+            },
+        }
+        register_coco_instances(f"soco_synthetic_det_{split}", meta, json_file, image_root)
+
+    register_soco_images(
+        "imagenet_train_soco",
+        os.path.join(root, "imagenet", "train"),
+        os.path.join(root, "soco_proposals", "imagenet_train.pkl"),
+    )
+    register_soco_images(
+        "coco_2017_train_soco",
+        os.path.join(root, "coco", "train2017"),
+        os.path.join(root, "soco_proposals", "coco_2017_train.pkl"),
+        os.path.join(root, "coco", "annotations", "instances_train2017.json"),
+    )
+
+
+# Runs at import, like detectron2.data.datasets.builtin: registration only, nothing is read.
+register_all_builtin(datasets_root())
