@@ -1,0 +1,34 @@
+"""SoCo's unsupervised object proposals (paper section 1): one import for the public API.
+
+- :mod:`soco_d2.data.selective_search`: SoCo's box filter (:func:`filter_boxes`, with its
+  fallback stages) and fast, deterministic selective search on a downscaled image
+  (:func:`propose_image`, settings in :class:`ProposalSettings`).
+- :mod:`soco_d2.data.proposal_job`: parallel, resumable generation of a Detectron2 proposal
+  file (:func:`generate_proposals`); CLI: ``tools/generate_proposals.py``.
+"""
+from .proposal_job import JobSummary, failures_path, generate_proposals, is_up_to_date, partial_dir
+from .selective_search import (
+    ASPECT,
+    FILTER_STAGES,
+    FULL,
+    SIZE,
+    WHOLE_IMAGE,
+    BoxFilter,
+    FilterResult,
+    ImageReadError,
+    ProposalSettings,
+    Proposals,
+    add_settings_arguments,
+    filter_boxes,
+    load_image_bgr,
+    propose,
+    propose_image,
+    settings_from_args,
+)
+
+__all__ = [
+    "ASPECT", "FILTER_STAGES", "FULL", "SIZE", "WHOLE_IMAGE", "BoxFilter", "FilterResult",
+    "ImageReadError", "ProposalSettings", "Proposals", "add_settings_arguments", "filter_boxes",
+    "load_image_bgr", "propose", "propose_image", "settings_from_args", "JobSummary",
+    "failures_path", "generate_proposals", "is_up_to_date", "partial_dir",
+]

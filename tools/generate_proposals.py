@@ -1,0 +1,97 @@
+#!/usr/bin/env python
+"""Generate SoCo's unsupervised object proposals (selective search + SoCo's box filter) as a
+Detectron2 proposal file (for DATASETS.PROPOSAL_FILES_TRAIN).
+
+Examples (from the repository root)::
+
+    python tools/generate_proposals.py --coco-json datasets/coco/annotations/instances_train2017.json \\
+        --image-root datasets/coco/train2017 --output datasets/coco/proposals_train2017.pkl --workers 16
+    python tools/generate_proposals.py --image-dir datasets/imagenet/train --output imagenet_ss.pkl
+
+Image ids: COCO image ids with --coco-json; with --image-dir the path relative to the folder
+without extension (soco_d2.data.image_list). Progress is saved in OUTPUT.partial/, so an
+interrupted run resumes where it stopped. Unusable images are skipped and listed in
+OUTPUT.failures.json. If OUTPUT is already complete for the same images and settings, nothing
+is done (use --overwrite to regenerate).
+
+Exit status: 0 if at least one image got proposals; 1 if none did; 2 for bad arguments or
+missing inputs.
+"""
+import argparse
+import os
+import sys
+
+try:
+    import soco_d2  # noqa: F401
+except ImportError:  # running from a checkout without `pip install -e .`
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from soco_d2.data.image_list import list_coco_images, list_image_folder  # noqa: E402
+from soco_d2.data.proposal_job import generate_proposals, is_up_to_date  # noqa: E402
+from soco_d2.data.selective_search import add_settings_arguments, settings_from_args  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--coco-json", help="COCO instances json listing the images (labels unused)")
+    src.add_argument("--image-dir", help="folder of images, searched recursively")
+    p.add_argument("--image-root", help="folder the --coco-json file names are relative to")
+    p.add_argument("--output", required=True, help="proposal file to write (.pkl)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="worker processes, one core each; 0 or 1: in this process (default: %(default)s)")
+    p.add_argument("--flush-every", type=int, default=200,
+                   help="save progress every N images (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="regenerate even if OUTPUT is complete for these images and settings")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_settings_arguments(p)
+    args = p.parse_args(argv)
+    if args.coco_json and not args.image_root:
+        p.error("--coco-json needs --image-root")
+    if args.image_dir and args.image_root:
+        p.error("--image-root goes with --coco-json; --image-dir needs none")
+    if args.workers < 0 or args.flush_every < 1:
+        p.error("--workers must be >= 0 and --flush-every >= 1")
+    return p, args
+
+
+def main(argv=None) -> int:
+    parser, args = parse_args(argv)
+    from detectron2.utils.logger import setup_logger
+
+    setup_logger(name="soco_d2")
+    logger = setup_logger(name="generate_proposals")
+    try:
+        settings = settings_from_args(args)
+    except ValueError as e:
+        parser.error(str(e))
+    try:
+        if args.coco_json:
+            if not os.path.isdir(args.image_root):
+                raise FileNotFoundError(f"Image root does not exist: {args.image_root}")
+            items = list_coco_images(args.coco_json, args.image_root)
+        else:
+            items = list_image_folder(args.image_dir)
+    except (FileNotFoundError, ValueError) as e:
+        logger.error(str(e))
+        return 2
+    if not items:
+        logger.error("The image list is empty; nothing to do")
+        return 1
+    if not args.overwrite and is_up_to_date(items, args.output, settings):
+        logger.info(f"{args.output} is already complete for these {len(items)} images and "
+                    "settings; nothing to do (--overwrite regenerates it)")
+        return 0
+    try:
+        summary = generate_proposals(
+            items, args.output, settings, workers=args.workers, flush_every=args.flush_every,
+            progress=not args.no_progress)
+    except (RuntimeError, ValueError) as e:  # e.g. partial results of another job
+        logger.error(str(e))
+        return 2
+    return 0 if summary.n_done > 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
