@@ -3,7 +3,8 @@
     python benchmarks/pretrain_step.py --out pretrain_step.json [--steps 8 --warmup 2]
 
 A step is what the trainer does per iteration: forward of online and target networks,
-backward, LARS step and momentum update of the target. The batch is mapped once from real
+backward, LARS step and momentum update of the target. Measured in fp32 and with bf16 CPU
+autocast (the trainer's mixed precision on CPU, SOLVER.AMP.ENABLED), channels-last as configured. The batch is mapped once from real
 images (../shared/data/coco_sample, or synthetic scenes when it is absent) so data loading is
 not timed. Peak memory is the process's maximum resident set size.
 
@@ -75,19 +76,18 @@ def main():
     parser.add_argument("--steps", type=int, default=8, help="timed steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    parser.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"],
+                        help="first one is the headline s_per_step_median")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = parser.parse_args()
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
     cfg = bench_cfg(args)
-    model = build_model(cfg)
-    model.train()
-    optimizer = build_soco_optimizer(cfg, model)
+
+    import random
 
     import numpy as np
-    import random
 
     np.random.seed(0)
     random.seed(0)
@@ -100,41 +100,63 @@ def main():
     mapper = SoCoDatasetMapper(cfg, is_train=True)
     batch = [mapper(dict(r)) for r in records]
 
-    total = args.warmup + args.steps
-    times = []
-    for it in range(total):
-        t0 = time.perf_counter()
-        loss = sum(model(batch).values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        model.update_target(momentum_at(it + 1, total, cfg.MODEL.SOCO.MOMENTUM))
-        dt = time.perf_counter() - t0
-        if it >= args.warmup:
-            times.append(dt)
-        print(f"step {it:3d}  loss {loss.item():.4f}  {dt:.3f} s{'  (warm-up)' if it < args.warmup else ''}")
+    medians = {}
+    for precision in args.precision:
+        times = measure(cfg, batch, precision, args.warmup, args.steps)
+        medians[precision] = statistics.median(times)
 
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    headline = args.precision[0]
     result = {
-        "s_per_step_median": statistics.median(times),
-        "s_per_step_min": min(times),
+        "s_per_step_median": medians[headline],
+        "precision": headline,
+        **{f"s_per_step_median_{p}": t for p, t in medians.items()},
         "peak_rss_mb": round(peak_rss_mb, 1),
         "reference_s_per_step": REFERENCE_S_PER_STEP,
-        "speedup_vs_reference": REFERENCE_S_PER_STEP / statistics.median(times),
+        "speedup_vs_reference": {p: REFERENCE_S_PER_STEP / t for p, t in medians.items()},
         "setting": {
             "backbone": f"R{cfg.MODEL.RESNETS.DEPTH}-FPN", "batch": args.batch, "k": args.k,
             "views": [cfg.INPUT.SOCO.VIEW1_SIZE, cfg.INPUT.SOCO.VIEW2_SIZE, cfg.INPUT.SOCO.VIEW3_SIZE],
+            "channels_last": cfg.MODEL.SOCO.CHANNELS_LAST,
             "steps": args.steps, "warmup": args.warmup, "images": source,
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
         },
     }
-    print(f"\nmedian {result['s_per_step_median']:.3f} s/step (reference {REFERENCE_S_PER_STEP} s, "
-          f"{result['speedup_vs_reference']:.2f}x), peak RSS {result['peak_rss_mb']:.0f} MB")
+    print()
+    for p, t in medians.items():
+        print(f"{p:>5}: median {t:.3f} s/step (reference {REFERENCE_S_PER_STEP} s fp32: "
+              f"{REFERENCE_S_PER_STEP / t:.2f}x)")
+    print(f"peak RSS {result['peak_rss_mb']:.0f} MB (whole process)")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)
         print(f"wrote {args.out}")
+
+
+def measure(cfg, batch, precision, warmup, steps):
+    """Seconds of each timed step; a fresh model and optimizer per precision."""
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.train()
+    optimizer = build_soco_optimizer(cfg, model)
+    total = warmup + steps
+    times = []
+    for it in range(total):
+        t0 = time.perf_counter()
+        # bf16: CPU autocast as the trainer's CPUAutocastTrainer does (SOLVER.AMP.ENABLED)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = sum(model(batch).values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        model.update_target(momentum_at(it + 1, total, cfg.MODEL.SOCO.MOMENTUM))
+        dt = time.perf_counter() - t0
+        if it >= warmup:
+            times.append(dt)
+        print(f"{precision} step {it:3d}  loss {loss.item():.4f}  {dt:.3f} s"
+              f"{'  (warm-up)' if it < warmup else ''}")
+    return times
 
 
 if __name__ == "__main__":

@@ -67,6 +67,9 @@ def add_soco_config(cfg):
     _C.MODEL.SOCO.PREDICTOR_HIDDEN_DIM = 4096
     # Normalisation in projector and predictor ("BN", "SyncBN", "naiveSyncBN", "").
     _C.MODEL.SOCO.HEAD_NORM = "BN"
+    # NHWC memory format for conv weights and images: same values, faster convolutions
+    # (oneDNN on CPU, tensor cores on GPU).
+    _C.MODEL.SOCO.CHANNELS_LAST = True
     # tau_base of the target momentum schedule (Sec. 6).
     _C.MODEL.SOCO.MOMENTUM = 0.99
 
@@ -82,7 +85,8 @@ def add_soco_config(cfg):
     # When > 0, MAX_ITER and WARMUP_ITERS are derived from epochs of DATASETS.TRAIN.
     _C.SOLVER.EPOCHS = 0
     _C.SOLVER.WARMUP_EPOCHS = 0
-    # Mixed precision dtype when SOLVER.AMP.ENABLED: "float16" or "bfloat16" (GPU only).
+    # Mixed precision dtype when SOLVER.AMP.ENABLED: "float16" (GPU) or "bfloat16" (GPU with
+    # bf16 support, or CPU autocast: much faster on CPUs with AMX / AVX512-BF16).
     _C.SOLVER.AMP.PRECISION = "float16"
 
     # ---------------------------------------------------------------- datasets

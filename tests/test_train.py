@@ -97,3 +97,18 @@ def test_two_process_gloo_run_keeps_ranks_identical(tiny_images, tmp_path):
     assert any(not torch.equal(s0[k], s0["target." + k]) for k in s0 if k.startswith("backbone.") and "weight" in k)
     # only rank 0 writes checkpoints
     assert os.path.isfile(tmp_path / "model_final.pth")
+
+
+def test_cpu_mixed_precision_is_bf16_autocast(tiny_images, tmp_path):
+    amp = ["SOLVER.AMP.ENABLED", "True", "SOLVER.MAX_ITER", "2"]
+    _train_and_dump(_opts(tiny_images, tmp_path, "test_train_syn_amp") + amp
+                    + ["SOLVER.AMP.PRECISION", "bfloat16"], str(tmp_path))
+    with open(tmp_path / "metrics.json") as f:
+        last = [json.loads(line) for line in f][-1]
+    assert torch.isfinite(torch.tensor(last["total_loss"]))
+    # parameters stay fp32 under autocast
+    state = torch.load(tmp_path / "rank0.pth", weights_only=True)
+    assert state["backbone.bottom_up.stem.conv1.weight"].dtype == torch.float32
+    with pytest.raises(ValueError, match="SOLVER.AMP.PRECISION"):
+        _train_and_dump(_opts(tiny_images, tmp_path / "fp16", "test_train_syn_amp") + amp
+                        + ["SOLVER.AMP.PRECISION", "float16"], str(tmp_path))

@@ -7,6 +7,7 @@ are left out for CPU models, the AMP trainer takes ``SOLVER.AMP.PRECISION`` (fp1
 and :func:`finish_trainer_init` is the rest of ``DefaultTrainer.__init__`` after the model,
 optimizer and data loader are built, for any DefaultTrainer subclass.
 """
+import time
 import weakref
 
 import torch
@@ -29,15 +30,52 @@ def create_ddp_model_any_device(model: torch.nn.Module, **kwargs) -> torch.nn.Mo
     return create_ddp_model(model, **kwargs)
 
 
+class CPUAutocastTrainer(SimpleTrainer):
+    """SimpleTrainer whose forward runs under CPU autocast (bf16).
+
+    Detectron2's AMPTrainer is CUDA-only. On CPUs with AMX / AVX512-BF16, bf16 convolutions
+    are several times faster; BatchNorm, reductions and SoCo's loss stay in fp32 (autocast's
+    rules), parameters and optimizer state stay fp32, and bf16 needs no loss scaling.
+    """
+
+    def run_step(self):
+        assert self.model.training, "[CPUAutocastTrainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss_dict = self.model(data)
+        if isinstance(loss_dict, torch.Tensor):
+            loss_dict = {"total_loss": loss_dict}
+        losses = sum(loss_dict.values())
+        self.optimizer.zero_grad()
+        losses.backward()
+        self.after_backward()
+        self._write_metrics(loss_dict, data_time)
+        self.optimizer.step()
+
+
 def build_step_trainer(cfg, model, data_loader, optimizer):
-    """SimpleTrainer, or AMPTrainer in ``SOLVER.AMP.PRECISION`` when ``SOLVER.AMP.ENABLED``.
+    """SimpleTrainer, or a mixed-precision trainer in ``SOLVER.AMP.PRECISION`` when
+    ``SOLVER.AMP.ENABLED``: Detectron2's AMPTrainer on GPU, :class:`CPUAutocastTrainer` on CPU.
 
     bf16 has fp32's exponent range, so it runs without loss scaling. Configs without SoCo's
     ``SOLVER.AMP.PRECISION`` key get Detectron2's fp16.
+
+    Raises:
+        ValueError: fp16 requested for a model on the CPU.
     """
     if not cfg.SOLVER.AMP.ENABLED:
         return SimpleTrainer(model, data_loader, optimizer)
-    dtype = AMP_DTYPES[cfg.SOLVER.AMP.get("PRECISION", "float16")]
+    precision = cfg.SOLVER.AMP.get("PRECISION", "float16")
+    dtype = AMP_DTYPES[precision]
+    if not next(model.parameters()).is_cuda:
+        if dtype != torch.bfloat16:
+            raise ValueError(
+                f"SOLVER.AMP.PRECISION={precision!r} is not supported on the CPU: set "
+                "SOLVER.AMP.PRECISION bfloat16, or SOLVER.AMP.ENABLED False"
+            )
+        return CPUAutocastTrainer(model, data_loader, optimizer)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     return AMPTrainer(model, data_loader, optimizer, grad_scaler=scaler, precision=dtype)
 

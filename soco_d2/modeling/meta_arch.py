@@ -77,6 +77,7 @@ class SoCo(nn.Module):
         predictor: nn.Module,
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
+        channels_last: bool = False,
     ):
         """
         Args:
@@ -86,6 +87,8 @@ class SoCo(nn.Module):
             predictor: q, (M, D) -> (M, D); online only.
             pixel_mean, pixel_std: per-channel normalisation, in the channel order of the
                 images (cfg.INPUT.FORMAT).
+            channels_last: keep conv weights and images in NHWC memory format (same values,
+                faster convolutions with oneDNN on CPU and with tensor cores on GPU).
         """
         super().__init__()
         self.backbone = backbone
@@ -103,6 +106,9 @@ class SoCo(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         assert self.pixel_mean.shape == self.pixel_std.shape, "PIXEL_MEAN / PIXEL_STD lengths differ"
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
 
     @classmethod
     def from_config(cls, cfg):
@@ -115,6 +121,7 @@ class SoCo(nn.Module):
             "predictor": build_predictor(cfg),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
+            "channels_last": cfg.MODEL.SOCO.CHANNELS_LAST,
         }
 
     @property
@@ -224,6 +231,8 @@ class SoCo(nn.Module):
             self.backbone.size_divisibility,
             padding_constraints=self.backbone.padding_constraints,
         )
+        if self.channels_last:
+            images.tensor = images.tensor.contiguous(memory_format=torch.channels_last)
         if any(lv is None for lv in levels):
             levels = None
         return images, boxes, levels

@@ -44,27 +44,30 @@ class LARS(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            wd, mu = group["weight_decay"], group["momentum"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad
-                if wd != 0:
-                    g = g.add(p, alpha=wd)
-                if group["lars"]:
-                    p_norm = torch.linalg.vector_norm(p)
-                    g_norm = torch.linalg.vector_norm(g)
-                    ratio = torch.where(
-                        (p_norm > 0) & (g_norm > 0),
-                        group["trust_coef"] * p_norm / (g_norm + group["eps"]),
-                        torch.ones_like(p_norm),
-                    )
-                    g = g.mul(ratio)
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            # Multi-tensor (foreach) kernels: one call per group instead of one per tensor.
+            grads = [p.grad for p in params]
+            if group["weight_decay"] != 0:
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+            if group["lars"]:
+                p_norm = torch.stack(torch._foreach_norm(params))
+                g_norm = torch.stack(torch._foreach_norm(grads))
+                ratio = torch.where(
+                    (p_norm > 0) & (g_norm > 0),
+                    group["trust_coef"] * p_norm / (g_norm + group["eps"]),
+                    torch.ones_like(p_norm),
+                )
+                grads = torch._foreach_mul(grads, list(ratio.unbind()))
+            bufs = []
+            for p, g in zip(params, grads):
                 state = self.state[p]
-                buf = state.get("momentum_buffer")
-                if buf is None:
-                    buf = state["momentum_buffer"] = torch.clone(g).detach()
-                else:
-                    buf.mul_(mu).add_(g)
-                p.add_(buf, alpha=-group["lr"])
+                if "momentum_buffer" not in state:
+                    # v_0 = 0, so after the first step v = g
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                bufs.append(state["momentum_buffer"])
+            torch._foreach_mul_(bufs, group["momentum"])
+            torch._foreach_add_(bufs, grads)
+            torch._foreach_add_(params, bufs, alpha=-group["lr"])
         return loss
