@@ -89,7 +89,14 @@ def resolve_epochs(cfg, dataset_size_fn) -> None:
     n = sum(dataset_size_fn(name) for name in cfg.DATASETS.TRAIN)
     batch = cfg.SOLVER.IMS_PER_BATCH
     cfg.SOLVER.MAX_ITER = max(1, math.ceil(cfg.SOLVER.EPOCHS * n / batch))
-    cfg.SOLVER.WARMUP_ITERS = math.ceil(cfg.SOLVER.WARMUP_EPOCHS * n / batch)
+    warmup = math.ceil(cfg.SOLVER.WARMUP_EPOCHS * n / batch)
+    if warmup >= cfg.SOLVER.MAX_ITER:
+        logger.warning(
+            f"SOLVER.WARMUP_EPOCHS {cfg.SOLVER.WARMUP_EPOCHS:g} is not shorter than "
+            f"SOLVER.EPOCHS {cfg.SOLVER.EPOCHS:g}: warming up for all but the last iteration"
+        )
+        warmup = cfg.SOLVER.MAX_ITER - 1
+    cfg.SOLVER.WARMUP_ITERS = warmup
     logger.info(
         f"SOLVER.EPOCHS {cfg.SOLVER.EPOCHS:g} over {n} images at batch {batch}: "
         f"MAX_ITER {cfg.SOLVER.MAX_ITER}, WARMUP_ITERS {cfg.SOLVER.WARMUP_ITERS}"

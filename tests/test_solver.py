@@ -68,3 +68,21 @@ def test_lr_is_scaled_by_total_batch():
     assert [g["weight_decay"] for g in opt.param_groups] == [cfg.SOLVER.WEIGHT_DECAY, 0.0]
     cfg.SOLVER.BASE_LR_BATCH = 0
     assert effective_lr(cfg) == 1.0
+
+
+def test_epochs_become_iterations_and_warmup_stays_shorter():
+    from soco_d2.solver import resolve_epochs
+
+    cfg = add_soco_config(get_cfg())
+    cfg.DATASETS.TRAIN = ("a", "b")
+    sizes = {"a": 1000, "b": 281}
+    cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.EPOCHS, cfg.SOLVER.WARMUP_EPOCHS = 256, 100, 10
+    resolve_epochs(cfg, sizes.__getitem__)
+    assert cfg.SOLVER.MAX_ITER == 501  # ceil(100 * 1281 / 256)
+    assert cfg.SOLVER.WARMUP_ITERS == 51  # ceil(10 * 1281 / 256)
+    cfg.SOLVER.EPOCHS, cfg.SOLVER.WARMUP_EPOCHS = 1, 2
+    resolve_epochs(cfg, sizes.__getitem__)
+    assert cfg.SOLVER.MAX_ITER == 6 and cfg.SOLVER.WARMUP_ITERS == 5
+    cfg.SOLVER.EPOCHS, cfg.SOLVER.MAX_ITER = 0, 77
+    resolve_epochs(cfg, sizes.__getitem__)  # EPOCHS 0: iterations are left as they are
+    assert cfg.SOLVER.MAX_ITER == 77
