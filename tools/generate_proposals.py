@@ -5,8 +5,11 @@ Detectron2 proposal file (for DATASETS.PROPOSAL_FILES_TRAIN).
 Examples (from the repository root)::
 
     python tools/generate_proposals.py --coco-json datasets/coco/annotations/instances_train2017.json \\
-        --image-root datasets/coco/train2017 --output datasets/coco/proposals_train2017.pkl --workers 16
-    python tools/generate_proposals.py --image-dir datasets/imagenet/train --output imagenet_ss.pkl
+        --image-root datasets/coco/train2017 --output datasets/soco_proposals/coco_2017_train.pkl --workers 16
+    python tools/generate_proposals.py --image-dir datasets/imagenet/train \\
+        --output datasets/soco_proposals/imagenet_train.pkl --workers 16
+
+(the output paths the built-in dataset names coco_2017_train_soco / imagenet_train_soco read).
 
 Image ids: COCO image ids with --coco-json; with --image-dir the path relative to the folder
 without extension (soco_d2.data.image_list). Progress is saved in OUTPUT.partial/, so an
