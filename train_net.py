@@ -26,6 +26,7 @@ from detectron2.utils.logger import setup_logger
 
 from soco_d2 import add_soco_config
 from soco_d2.data import register_datasets_from_cfg
+from soco_d2.config_check import validate_soco_config
 from soco_d2.config_loading import check_weights_set, load_config
 from soco_d2.engine import DetectionTrainer, SoCoTrainer
 
@@ -39,6 +40,8 @@ def setup(args):
     load_config(cfg, args.config_file)
     cfg.merge_from_list(args.opts)
     register_datasets_from_cfg(cfg)
+    if cfg.MODEL.META_ARCHITECTURE == "SoCo":
+        validate_soco_config(cfg)  # values only; the data on disk is checked by SoCoTrainer
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(
             f"MODEL.DEVICE is '{cfg.MODEL.DEVICE}' but CUDA is not available; "

@@ -21,6 +21,7 @@ from typing import Dict, Mapping, Tuple, Union
 
 import torch
 
+from .atomic_io import atomic_write
 from .modeling.meta_arch import ONLINE_TRUNK_PREFIXES
 
 __all__ = ["AUTHOR", "SOCO_ONLY_PREFIXES", "export_trunk", "load_soco_state_dict", "split_trunk"]
@@ -97,23 +98,6 @@ def split_trunk(
     return trunk, dropped
 
 
-def _save_atomic(obj, path: str) -> None:
-    """torch.save to a temporary file next to ``path``, then rename it into place."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def export_trunk(
     src: Union[str, Mapping[str, torch.Tensor]], dst: str, *, verbose: bool = True
 ) -> dict:
@@ -161,7 +145,8 @@ def export_trunk(
         logger.info(f"Dropped {part}.*: {n} keys")
 
     weights = OrderedDict((k, v.detach().cpu()) for k, v in trunk.items())
-    _save_atomic({"model": weights, "__author__": AUTHOR, "matching_heuristics": False}, dst)
+    trunk = {"model": weights, "__author__": AUTHOR, "matching_heuristics": False}
+    atomic_write(dst, lambda f: torch.save(trunk, f))
     summary = {
         "source": source,
         "output": os.fspath(dst),

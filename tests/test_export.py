@@ -171,7 +171,7 @@ def test_export_hook_writes_trunk_after_the_last_iteration(tmp_path):
     hook.trainer = types.SimpleNamespace(model=ddp, iter=4, max_iter=10)
     hook.after_train()  # stopped early: nothing written
     assert not os.path.exists(tmp_path / "model_final_trunk.pth")
-    hook.trainer.iter = 9
+    hook.trainer.iter = 10
     hook.after_train()
     assert set(torch.load(tmp_path / "model_final_trunk.pth", weights_only=True)["model"]) == {
         "backbone.a.weight", "roi_heads.box_head.fc1.weight"}

@@ -29,6 +29,7 @@ from typing import Dict, List, Tuple
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
+from ..atomic_io import atomic_write_json
 from .builtin import datasets_root
 from .datasets import load_soco_images
 
@@ -66,18 +67,6 @@ def split_image_ids(image_ids) -> Tuple[List[int], List[int]]:
     val = [i for n, i in enumerate(ordered) if n % VAL_EVERY == VAL_EVERY - 1]
     val_set = set(val)
     return [i for i in ordered if i not in val_set], val
-
-
-def _write_json_atomic(path: str, data) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _split_is_current(path: str, digest: str) -> bool:
@@ -124,7 +113,7 @@ def write_coco_sample_splits(source_dir: str, datasets_root: str) -> Dict[str, s
         out["info"] = info
         out["images"] = [img for img in data["images"] if img["id"] in keep]
         out["annotations"] = [a for a in data["annotations"] if a["image_id"] in keep]
-        _write_json_atomic(paths[split], out)
+        atomic_write_json(paths[split], out)
     return paths
 
 

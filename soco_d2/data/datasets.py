@@ -7,7 +7,10 @@ A pretraining record is a Detectron2 dataset dict without annotations::
      "proposal_bbox_mode": BoxMode.XYXY_ABS}
 
 Images missing from the proposal file get an empty ``proposal_boxes`` (the mapper then uses the
-whole image as the only proposal); how many is logged.
+whole image as the only proposal); how many is logged. Boxes with a NaN or infinite coordinate
+are dropped when the file is loaded, and counted in the log; boxes (partly) outside the image
+are clipped by the mapper, which knows the image size. A proposal file that lists an image id
+twice is refused (the error names the id).
 """
 import functools
 import logging
@@ -46,7 +49,8 @@ def load_proposal_file(proposal_file: str) -> dict:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: it is not a proposal file (names the missing key).
+        ValueError: it is not a proposal file (names the missing key), or an image id appears
+            twice (names the id).
     """
     if not os.path.isfile(proposal_file):
         raise FileNotFoundError(
@@ -64,6 +68,12 @@ def load_proposal_file(proposal_file: str) -> dict:
         raise ValueError(
             f"{proposal_file}: {len(proposals['ids'])} ids but {len(proposals['boxes'])} box lists"
         )
+    seen = set()
+    for image_id in proposals["ids"]:
+        key = str(image_id)  # records are matched by str(id), so 7 and "7" are the same image
+        if key in seen:
+            raise ValueError(f"{proposal_file}: image id {image_id!r} appears more than once")
+        seen.add(key)
     return proposals
 
 
@@ -72,13 +82,14 @@ def attach_proposals(records: List[dict], proposal_file: str) -> int:
 
     Boxes are converted to XYXY_ABS float32 and ordered by objectness, highest first, as
     ``detectron2.data.load_proposals_into_dataset`` does. Returns the number of records the
-    file has no entry for (they get zero boxes).
+    file has no entry for (they get zero boxes). Boxes with a non-finite coordinate are
+    dropped (logged with their count and a few image ids).
     """
     proposals = load_proposal_file(proposal_file)
     mode = BoxMode(proposals.get("bbox_mode", BoxMode.XYXY_ABS))
     index = {str(i): k for k, i in enumerate(proposals["ids"])}
     logits_all = proposals.get("objectness_logits")
-    missing = []
+    missing, non_finite, non_finite_ids = [], 0, []
     for record in records:
         k = index.get(str(record["image_id"]))
         if k is None:
@@ -93,11 +104,21 @@ def attach_proposals(records: List[dict], proposal_file: str) -> int:
                 logits = -np.arange(len(boxes), dtype=np.float32)
             else:
                 logits = np.asarray(logits_all[k], dtype=np.float32).reshape(-1)
+            finite = np.isfinite(boxes).all(axis=1)
+            if not finite.all():
+                non_finite += int((~finite).sum())
+                non_finite_ids.append(record["image_id"])
+                boxes, logits = boxes[finite], logits[finite]
             order = np.argsort(-logits, kind="stable")
             boxes, logits = boxes[order], logits[order]
         record["proposal_boxes"] = boxes
         record["proposal_objectness_logits"] = logits
         record["proposal_bbox_mode"] = BoxMode.XYXY_ABS
+    if non_finite:
+        logger.warning(
+            f"Dropped {non_finite} proposal boxes with NaN/inf coordinates from "
+            f"{proposal_file}, in {len(non_finite_ids)} images (e.g. {non_finite_ids[:5]})."
+        )
     if missing:
         logger.warning(
             f"{len(missing)} of {len(records)} images have no entry in {proposal_file} "

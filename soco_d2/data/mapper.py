@@ -3,9 +3,15 @@
 See docs_interface.md for the exact output. Geometry (crops, resizing, boxes, levels) lives in
 :mod:`.view_sampling`, colour in :mod:`.color_augment`; this file decodes the image and puts
 the pieces together.
+
+Randomness: numpy's global RNG, or, when a ``seed`` is passed (the training loader does, see
+:mod:`.sampler`), an RNG seeded by it for this one call, so a sample is a pure function of
+(record, seed). Unreadable images (0 bytes, truncated, corrupt, missing) are skipped: the
+mapper logs the file and the running count and returns None, and the loader uses another image.
 """
 import io
-from typing import List, Sequence, Tuple
+import logging
+from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -29,9 +35,12 @@ from .view_sampling import (
 
 __all__ = [
     "SoCoDatasetMapper",
+    "UnreadableImageError",
     "decode_image",
     "image_header",
 ]
+
+logger = logging.getLogger(__name__)
 
 _REDUCED_FLAGS = {
     1: cv2.IMREAD_COLOR,
@@ -83,13 +92,28 @@ def decode_image(data: bytes, reduce: int = 1) -> np.ndarray:
     return img
 
 
+class UnreadableImageError(ValueError):
+    """An image file that cannot be read or decoded; the mapper skips it."""
+
+
+def _decode(data: bytes, reduce: int = 1) -> np.ndarray:
+    if len(data) == 0:
+        raise UnreadableImageError("empty file (0 bytes)")
+    try:
+        return decode_image(data, reduce)
+    except (ValueError, cv2.error) as e:
+        raise UnreadableImageError(str(e)) from e
+
+
 class SoCoDatasetMapper:
     """Turns a pretraining record into SoCo's views (Sec. 2) and matched proposals.
 
     V1 is the whole image, V2 a random resized crop, V3 either its own crop ("crop") or V2
     downsampled ("downsample"), and V4 (when ``view4_size`` > 0, SoCo*) V2 resized. Each pair
     (V1, Vb) has exactly ``num_proposals`` proposals visible in both views. Output format:
-    docs_interface.md. Uses numpy's global RNG (seeded per worker by Detectron2).
+    docs_interface.md. Randomness: numpy's global RNG (seeded per worker by Detectron2), or
+    the RNG of the ``seed`` given to :meth:`__call__`. An unreadable image maps to None (logged
+    and counted in :attr:`num_skipped`).
     """
 
     @configurable
@@ -177,6 +201,9 @@ class SoCoDatasetMapper:
         self.level_assignment = level_assignment
         self.level_thresholds = tuple(level_thresholds)
         self.reduced_decode = reduced_decode
+        # Images skipped as unreadable by this mapper (per process: each loader worker
+        # holds its own copy).
+        self.num_skipped = 0
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
@@ -263,15 +290,50 @@ class SoCoDatasetMapper:
             return cv2.flip(view, 1), hflip_boxes(boxes, view.shape[1])
         return view, boxes
 
-    def __call__(self, dataset_dict: dict) -> dict:
+    def __call__(self, dataset_dict: dict, seed=None) -> Optional[dict]:
         """Map one record (``file_name``, ``image_id``, ``proposal_boxes`` XYXY_ABS, maybe
-        empty) to ``{"file_name", "image_id", "views", "pairs"}`` (docs_interface.md)."""
-        with PathManager.open(dataset_dict["file_name"], "rb") as f:
-            data = f.read()
+        empty) to ``{"file_name", "image_id", "views", "pairs"}`` (docs_interface.md).
+
+        Args:
+            dataset_dict: the record.
+            seed: None (numpy's global RNG) or an int / sequence of uint32 words: all random
+                draws of this call then come from ``np.random.seed(seed)``, and the global
+                RNG state is restored afterwards.
+
+        Returns:
+            the views, or None when the image cannot be read (logged and counted).
+        """
+        if seed is None:
+            return self._map_or_skip(dataset_dict)
+        state = np.random.get_state()
+        np.random.seed(seed)
+        try:
+            return self._map_or_skip(dataset_dict)
+        finally:
+            np.random.set_state(state)
+
+    def _map_or_skip(self, dataset_dict: dict) -> Optional[dict]:
+        try:
+            return self._map(dataset_dict)
+        except UnreadableImageError as e:
+            self.num_skipped += 1
+            logger.warning(
+                f"Skipping unreadable image {dataset_dict['file_name']} "
+                f"(id {dataset_dict.get('image_id')}): {e}. "
+                f"{self.num_skipped} image(s) skipped so far in this process."
+            )
+            return None
+
+    def _map(self, dataset_dict: dict) -> dict:
+        try:
+            with PathManager.open(dataset_dict["file_name"], "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise UnreadableImageError(f"cannot read the file ({e})") from e
         header = image_header(data)
         img = None
         if header is None or not header[2]:
-            img = decode_image(data)
+            img = _decode(data)
             width, height = img.shape[1], img.shape[0]
         else:
             width, height = header[:2]
@@ -280,12 +342,19 @@ class SoCoDatasetMapper:
         # none usable -> the whole image, with the fresh id P.
         props = np.asarray(dataset_dict.get("proposal_boxes", np.zeros((0, 4))), np.float32)
         props = props.reshape(-1, 4)
+        # Non-finite boxes can only come from proposal files loaded elsewhere (SoCo's loader
+        # drops and counts them, datasets.attach_proposals); their ids are kept unused.
+        finite = np.isfinite(props).all(axis=1)
+        if not finite.all():
+            props = np.where(finite[:, None], props, 0.0).astype(np.float32)
         mode = dataset_dict.get("proposal_bbox_mode", BoxMode.XYXY_ABS)
         if mode != BoxMode.XYXY_ABS:
             props = BoxMode.convert(props, mode, BoxMode.XYXY_ABS)
         clipped = clip_boxes(props, width, height, min_size=0.0)
         ok = np.flatnonzero(
-            ((clipped[:, 2] - clipped[:, 0]) >= 1) & ((clipped[:, 3] - clipped[:, 1]) >= 1)
+            finite
+            & ((clipped[:, 2] - clipped[:, 0]) >= 1)
+            & ((clipped[:, 3] - clipped[:, 1]) >= 1)
         )
         pool = {"boxes": clipped[ok], "ids": ok.astype(np.int64), "next_id": len(props)}
         if len(ok) == 0:
@@ -298,7 +367,7 @@ class SoCoDatasetMapper:
         if img is None:
             crops = [(selections[v][0], self.sizes[v]) for v in crop_views]
             f = self._reduce_factor(width, height, crops) if self.reduced_decode else 1
-            img = decode_image(data, f)
+            img = _decode(data, f)
         sx, sy = img.shape[1] / width, img.shape[0] / height
 
         # V1 holds every selected proposal once, in order of first use.

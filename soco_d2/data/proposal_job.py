@@ -36,6 +36,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from ..atomic_io import atomic_write_bytes
 from .selective_search import ImageReadError, ProposalSettings, propose_image
 
 __all__ = ["JobSummary", "generate_proposals", "is_up_to_date", "partial_dir", "failures_path"]
@@ -163,35 +164,6 @@ def _run_pool(tasks: Sequence[Tuple[int, str]], workers: int, settings: Proposal
 
 # ----------------------------------------------------------------------------- files
 
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder + fsync + os.replace."""
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    _fsync_dir(folder)
-
-
 def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
@@ -235,7 +207,7 @@ def _open_partial(folder: str, manifest: dict) -> Tuple[Dict[int, dict], int]:
     number."""
     path = os.path.join(folder, "manifest.json")
     if not os.path.exists(path) and not any(n.startswith("chunk_") for n in os.listdir(folder)):
-        _atomic_write(path, json.dumps(manifest, indent=1).encode())  # a fresh job
+        atomic_write_bytes(path, json.dumps(manifest, indent=1).encode())  # a fresh job
         return {}, 0
     try:
         with open(path) as f:
@@ -352,7 +324,7 @@ def _compute(items, todo, records, folder, next_chunk, settings, workers, flush_
     def flush():
         if pending:
             name = os.path.join(folder, f"chunk_{state['chunk']:06d}.pkl")
-            _atomic_write(name, pickle.dumps(pending, protocol=PICKLE_PROTOCOL))
+            atomic_write_bytes(name, pickle.dumps(pending, protocol=PICKLE_PROTOCOL))
             state["chunk"] += 1
             state["flushed"] += len(pending)
             pending.clear()
@@ -417,13 +389,13 @@ def _finish(items, records, output, manifest, n_resumed, n_processed) -> JobSumm
         stages[rec["stage"]] += 1
     n_done = len(out["ids"])
     if n_done:
-        _atomic_write(output, pickle.dumps(out, protocol=PICKLE_PROTOCOL))
+        atomic_write_bytes(output, pickle.dumps(out, protocol=PICKLE_PROTOCOL))
     elif os.path.exists(output):
         logger.warning(f"Removing {output} of an earlier job: no image of this job succeeded")
         os.remove(output)
     report = dict(manifest, n_done=n_done, n_failed=len(failures), output_written=bool(n_done),
                   failures=failures)
-    _atomic_write(failures_path(output), (json.dumps(report, indent=1) + "\n").encode())
+    atomic_write_bytes(failures_path(output), (json.dumps(report, indent=1) + "\n").encode())
     n_props = sum(len(b) for b in out["boxes"])
     return JobSummary(
         output=output if n_done else None,

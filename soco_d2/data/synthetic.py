@@ -55,6 +55,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_util
 
+from ..atomic_io import atomic_write_json
+
 __all__ = [
     "SYNTHETIC_CATEGORIES",
     "GENERATOR_VERSION",
@@ -470,13 +472,6 @@ def render_synthetic_scene(seed: int, split: str, index: int, min_size: int, max
 # ---------------------------------------------------------------------------
 # Dataset generation
 # ---------------------------------------------------------------------------
-def _write_json_atomic(path: str, data) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, separators=(",", ":"))
-    os.replace(tmp, path)
-
-
 def _generate_split(root: str, split: str, count: int, params: dict, id_base: int) -> dict:
     json_rel = os.path.join("annotations", f"instances_{split}.json")
     image_dir = os.path.join(root, split)
@@ -523,7 +518,7 @@ def _generate_split(root: str, split: str, count: int, params: dict, id_base: in
         "annotations": annotations,
         "categories": SYNTHETIC_CATEGORIES,
     }
-    _write_json_atomic(os.path.join(root, json_rel), coco)
+    atomic_write_json(os.path.join(root, json_rel), coco, separators=(",", ":"))
     return {
         "num_images": len(images),
         "num_annotations": len(annotations),
@@ -626,7 +621,7 @@ def generate_synthetic_dataset(
             "splits": splits_info,
             "categories": SYNTHETIC_CATEGORIES,
         }
-        _write_json_atomic(os.path.join(tmp_root, MANIFEST_NAME), manifest)  # last
+        atomic_write_json(os.path.join(tmp_root, MANIFEST_NAME), manifest, separators=(",", ":"))  # last
         _move_into_place(tmp_root, out_dir, params, replace_existing)
     except BaseException:
         shutil.rmtree(tmp_root, ignore_errors=True)

@@ -11,8 +11,9 @@ import time
 import weakref
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import AMPTrainer, SimpleTrainer, create_ddp_model
+
+from .checkpoint import AtomicDetectionCheckpointer
 
 __all__ = ["AMP_DTYPES", "create_ddp_model_any_device", "build_step_trainer", "finish_trainer_init"]
 
@@ -85,14 +86,16 @@ def finish_trainer_init(trainer, cfg, model, optimizer, data_loader, **ddp_kwarg
 
     Wraps ``model`` in DDP (CPU or GPU; ``broadcast_buffers=False`` as Detectron2, plus
     ``ddp_kwargs``, e.g. ``find_unused_parameters=True``), builds the step trainer, the LR
-    scheduler and the checkpointer, sets the iteration range and ``trainer.cfg`` (to ``cfg``,
-    which may differ from the caller's after auto-scaling), and registers
-    ``trainer.build_hooks()``.
+    scheduler and the checkpointer (atomic saves, :mod:`.checkpoint`), sets the iteration
+    range and ``trainer.cfg`` (to ``cfg``, which may differ from the caller's after
+    auto-scaling), and registers ``trainer.build_hooks()``.
     """
     model = create_ddp_model_any_device(model, **{"broadcast_buffers": False, **ddp_kwargs})
     trainer._trainer = build_step_trainer(cfg, model, data_loader, optimizer)
     trainer.scheduler = trainer.build_lr_scheduler(cfg, optimizer)
-    trainer.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(trainer))
+    trainer.checkpointer = AtomicDetectionCheckpointer(
+        model, cfg.OUTPUT_DIR, trainer=weakref.proxy(trainer)
+    )
     trainer.start_iter = 0
     trainer.max_iter = cfg.SOLVER.MAX_ITER
     trainer.cfg = cfg

@@ -24,7 +24,8 @@ class ExportTrunkHook(HookBase):
         self.path = os.path.join(output_dir, filename)
 
     def after_train(self):
-        if not comm.is_main_process() or self.trainer.iter + 1 < self.trainer.max_iter:
+        # TrainerBase.train leaves iter == max_iter only when the last step succeeded.
+        if not comm.is_main_process() or self.trainer.iter < self.trainer.max_iter:
             return
         model = self.trainer.model
         model = getattr(model, "module", model)  # unwrap DistributedDataParallel
