@@ -1,8 +1,29 @@
 """SoCo's dataset mapper: one pretraining record -> the views, their boxes and the view pairs.
 
-See docs_interface.md for the exact output. Geometry (crops, resizing, boxes, levels) lives in
-:mod:`.view_sampling`, colour in :mod:`.color_augment`; this file decodes the image and puts
-the pieces together.
+Output of ``SoCoDatasetMapper(cfg)(record)`` (what the SoCo model's forward takes)::
+
+    {
+      "file_name": str, "image_id": int | str,
+      "views": [                       # V1, V2, V3 (, V4 when INPUT.SOCO.VIEW4_SIZE > 0)
+        {
+          "image": torch.uint8 tensor (3, S_v, S_v), channel order cfg.INPUT.FORMAT ("RGB"
+                   in SoCo configs), NOT normalised (the model subtracts PIXEL_MEAN / PIXEL_STD),
+          "boxes": detectron2.structures.Boxes (B_v, 4), XYXY in this view's pixels, inside it,
+          "ids":   torch.int64 (B_v,), unique within the view: the index of the proposal in the
+                   record's proposal_boxes; padded copies get ids >= P (P = number of proposals),
+          "levels": torch.int64 (B_v,), FPN level index 0..3 meaning P2..P5, computed in the
+                   mapper from the box size in THIS view (rule: MODEL.SOCO.LEVEL_ASSIGNMENT),
+        }, ...
+      ],
+      "pairs": [                       # the view pairs of the loss, each with exactly K matches
+        (a: int, b: int, idx_a: torch.int64 (K,), idx_b: torch.int64 (K,)),
+        # views[a].ids[idx_a] == views[b].ids[idx_b]; (0,1), (0,2) (, (0,3))
+      ],
+    }
+
+The loss for a pair is symmetrised inside the model (a->b and b->a). Geometry (crops,
+resizing, boxes, levels) lives in :mod:`.view_sampling`, colour in :mod:`.color_augment`; this
+file decodes the image and puts the pieces together.
 
 Randomness: numpy's global RNG, or, when a ``seed`` is passed (the training loader does, see
 :mod:`.sampler`), an RNG seeded by it for this one call, so a sample is a pure function of
@@ -111,7 +132,7 @@ class SoCoDatasetMapper:
     V1 is the whole image, V2 a random resized crop, V3 either its own crop ("crop") or V2
     downsampled ("downsample"), and V4 (when ``view4_size`` > 0, SoCo*) V2 resized. Each pair
     (V1, Vb) has exactly ``num_proposals`` proposals visible in both views. Output format:
-    docs_interface.md. Randomness: numpy's global RNG (seeded per worker by Detectron2), or
+    the module docstring. Randomness: numpy's global RNG (seeded per worker by Detectron2), or
     the RNG of the ``seed`` given to :meth:`__call__`. An unreadable image maps to None (logged
     and counted in :attr:`num_skipped`).
     """
@@ -292,7 +313,7 @@ class SoCoDatasetMapper:
 
     def __call__(self, dataset_dict: dict, seed=None) -> Optional[dict]:
         """Map one record (``file_name``, ``image_id``, ``proposal_boxes`` XYXY_ABS, maybe
-        empty) to ``{"file_name", "image_id", "views", "pairs"}`` (docs_interface.md).
+        empty) to ``{"file_name", "image_id", "views", "pairs"}`` (module docstring).
 
         Args:
             dataset_dict: the record.
