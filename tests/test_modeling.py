@@ -246,11 +246,20 @@ def test_only_online_branch_gets_gradients():
     assert model.target.training  # target follows the model's mode (BN batch statistics)
 
 
-def test_loss_decreases_on_fixed_batch():
+@pytest.mark.parametrize("optimizer", ["sgd", "lars"])
+def test_loss_decreases_on_fixed_batch(optimizer):
+    from soco_d2.solver import LARS, split_decay_params
+
     model = tiny_model(seed=1).train()
     inputs = make_inputs(seed=1)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=0.05, momentum=0.9)
+    if optimizer == "sgd":
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.SGD(params, lr=0.05, momentum=0.9)
+    else:  # SoCo's optimizer and grouping (biases and norm parameters not adapted)
+        adapted, excluded = split_decay_params(model)
+        opt = LARS([{"params": adapted, "weight_decay": 1e-5, "lars": True},
+                    {"params": excluded, "weight_decay": 0.0, "lars": False}],
+                   lr=0.5, momentum=0.9, trust_coef=1e-3)
     steps, losses = 30, []
     for it in range(steps):
         loss = model(inputs)["loss_soco"]
