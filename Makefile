@@ -9,7 +9,6 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA := datasets
-OUTPUT ?= output/soco_demo
 WORKERS ?= 2
 
 .PHONY: env demo demo-data test lock clean
@@ -31,8 +30,7 @@ demo-data: $(STAMP)
 	    --image-root $(DATA)/soco_synthetic/train --output $(DATA)/soco_synthetic/proposals_train.pkl --workers $(WORKERS)
 
 demo: demo-data
-	DETECTRON2_DATASETS=$(DATA) $(VPY) train_net.py --config-file configs/soco_demo_synthetic.yaml \
-	    --num-gpus 0 OUTPUT_DIR $(OUTPUT)
+	DETECTRON2_DATASETS=$(DATA) $(VPY) train_net.py --config-file configs/soco_demo_synthetic.yaml --num-gpus 1
 
 test: $(STAMP)
 	$(VPY) -m pytest -q
