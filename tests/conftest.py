@@ -16,3 +16,22 @@ def coco_sample():
     if not os.path.isfile(os.path.join(COCO_SAMPLE, "instances.json")):
         pytest.skip("../shared/data/coco_sample is not present")
     return COCO_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def tiny_images(tmp_path_factory):
+    """(json_file, image_root) of 8 small synthetic scenes, shared by the training tests."""
+    from train_helpers import make_tiny_images
+
+    return make_tiny_images(tmp_path_factory.mktemp("tiny_syn"))
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: exact CPU arithmetic order, and no fight for a shared machine's cores."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -4,18 +4,11 @@ import os
 import pytest
 import yaml
 
+from train_helpers import TrainArgs
 from train_net import setup
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs")
 CONFIGS = sorted(glob.glob(os.path.join(CONFIG_DIR, "**", "*.yaml"), recursive=True))
-
-
-class _Args:
-    def __init__(self, config_file, opts):
-        self.config_file = config_file
-        self.opts = opts
-        self.eval_only = False
-        self.resume = False
 
 
 def test_configs_exist():
@@ -32,7 +25,7 @@ def test_configs_exist():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, CONFIG_DIR))
 def test_every_config_loads_through_setup(path, tmp_path):
-    cfg = setup(_Args(path, ["MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(tmp_path)]))
+    cfg = setup(TrainArgs(config_file=path, opts=["MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(tmp_path)]))
     assert cfg.is_frozen()
     assert cfg.MODEL.DEVICE == "cpu"
     with open(path) as f:
@@ -44,7 +37,8 @@ def test_every_config_loads_through_setup(path, tmp_path):
 
 
 def test_published_run_defaults():
-    cfg = setup(_Args(os.path.join(CONFIG_DIR, "soco_R50_FPN_100ep.yaml"), ["MODEL.DEVICE", "cpu"]))
+    path = os.path.join(CONFIG_DIR, "soco_R50_FPN_100ep.yaml")
+    cfg = setup(TrainArgs(config_file=path, opts=["MODEL.DEVICE", "cpu"]))
     s = cfg.INPUT.SOCO
     assert (s.VIEW1_SIZE, s.VIEW2_SIZE, s.VIEW3_SIZE, s.VIEW4_SIZE) == (224, 224, 112, 0)
     assert s.VIEW3_MODE == "crop" and s.NUM_PROPOSALS == 4 and s.CUTOUT_IN_BOX
@@ -60,7 +54,7 @@ def test_unknown_key_names_the_key(tmp_path):
     bad.write_text('_BASE_: "%s"\nINPUT:\n  SOCO:\n    NUM_PROPOSAL: 4\n'
                    % os.path.join(CONFIG_DIR, "Base-SoCo-R50-FPN.yaml"))
     with pytest.raises(KeyError, match="NUM_PROPOSAL"):
-        setup(_Args(str(bad), ["MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(tmp_path)]))
+        setup(TrainArgs(config_file=str(bad), opts=["MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(tmp_path)]))
 
 
 def test_cuda_device_without_cuda_says_what_to_do(tmp_path):
@@ -69,4 +63,5 @@ def test_cuda_device_without_cuda_says_what_to_do(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("CUDA is available")
     with pytest.raises(RuntimeError, match="MODEL.DEVICE cpu"):
-        setup(_Args(os.path.join(CONFIG_DIR, "soco_R50_FPN_100ep.yaml"), ["OUTPUT_DIR", str(tmp_path)]))
+        path = os.path.join(CONFIG_DIR, "soco_R50_FPN_100ep.yaml")
+        setup(TrainArgs(config_file=path, opts=["OUTPUT_DIR", str(tmp_path)]))

@@ -6,22 +6,14 @@ import pytest
 
 from soco_d2.config_check import ConfigError
 from soco_d2.config_loading import WEIGHTS_PLACEHOLDER
+from train_helpers import REPO_ROOT, TrainArgs
 from train_net import main, setup
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-INSTANT = os.path.join(REPO_ROOT, "configs", "soco_instant_test.yaml")
 TRANSFER = os.path.join(REPO_ROOT, "configs", "transfer", "mask_rcnn_R18_FPN_synthetic.yaml")
 
 
-class _Args:
-    def __init__(self, opts, config_file=INSTANT):
-        self.config_file, self.opts = config_file, opts
-        self.eval_only, self.resume = False, False
-        self.num_gpus, self.num_machines, self.machine_rank = 1, 1, 0
-
-
 def _setup(tmp_path, *opts):
-    return setup(_Args(["OUTPUT_DIR", str(tmp_path), *opts]))
+    return setup(TrainArgs(["OUTPUT_DIR", str(tmp_path), *opts]))
 
 
 def test_unknown_key_on_the_command_line(tmp_path):
@@ -112,7 +104,7 @@ def test_missing_detectron2_proposal_file_is_named(tmp_path, monkeypatch):
 
 
 def test_transfer_config_without_weights_fails_in_main(tmp_path):
-    args = _Args(["MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(tmp_path)], config_file=TRANSFER)
+    args = TrainArgs(["MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(tmp_path)], config_file=TRANSFER)
     with pytest.raises(ValueError) as e:
         main(args)
     assert f"MODEL.WEIGHTS is still the placeholder '{WEIGHTS_PLACEHOLDER}'" in str(e.value)

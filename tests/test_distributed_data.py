@@ -18,9 +18,8 @@ from soco_d2.data.sampler import (
     resolve_data_seed,
 )
 from soco_d2.data.synthetic import generate_synthetic_dataset
+from train_helpers import TrainArgs
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-INSTANT = os.path.join(REPO_ROOT, "configs", "soco_instant_test.yaml")
 
 
 class IdMapper:
@@ -105,13 +104,6 @@ def test_stream_state_and_resume_rules():
 # ------------------------------------------------------------------ 2 processes, then 1
 
 
-class _Args:
-    def __init__(self, opts, resume=False):
-        self.config_file, self.opts = INSTANT, opts
-        self.eval_only, self.resume = False, resume
-        self.num_gpus, self.num_machines, self.machine_rank = 1, 1, 0
-
-
 class _RecordingLoader:
     def __init__(self, loader, log):
         self.loader, self.log = loader, log
@@ -131,7 +123,7 @@ def _train_and_record(opts, resume, dump_dir):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        trainer = SoCoTrainer(setup(_Args(opts, resume)))
+        trainer = SoCoTrainer(setup(TrainArgs(opts, resume=resume)))
         log = []
         trainer._trainer.data_loader = _RecordingLoader(trainer._trainer.data_loader, log)
         trainer.resume_or_load(resume=resume)
@@ -185,7 +177,7 @@ def test_two_processes_then_resume_with_one(tmp_path):
     r0, r1, resumed = load("run_rank0.json"), load("run_rank1.json"), load("resume_rank0.json")
 
     # What the stream says iteration i holds: samples [4i, 4i+4) of seed 5 over these records.
-    setup(_Args(opts))
+    setup(TrainArgs(opts))
     ds = SampleStreamDataset(DatasetCatalog.get("test_dist_syn"), IdMapper(), seed=5)
     ids = [ds.records[ds.record_index(k)]["image_id"] for k in range(24)]
     expected = [ids[4 * i: 4 * i + 4] for i in range(6)]

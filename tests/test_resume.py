@@ -17,43 +17,17 @@ import textwrap
 import pytest
 import torch
 
-from soco_d2.data.synthetic import generate_synthetic_dataset
+from train_helpers import INSTANT, REPO_ROOT, TrainArgs, dataset_opts
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-INSTANT = os.path.join(REPO_ROOT, "configs", "soco_instant_test.yaml")
-
-
-class _Args:
-    def __init__(self, opts, resume=False):
-        self.config_file, self.opts = INSTANT, opts
-        self.eval_only, self.resume = False, resume
-        self.num_gpus, self.num_machines, self.machine_rank = 1, 1, 0
-
-
-@pytest.fixture(scope="module")
-def tiny_images(tmp_path_factory):
-    out = tmp_path_factory.mktemp("syn")
-    paths = generate_synthetic_dataset(str(out), num_train=8, num_val=0, min_size=96, max_size=128)
-    return paths["train"]
-
-
-@pytest.fixture
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _opts(tiny_images, output_dir, max_iter=6):
-    json_file, image_root = tiny_images
     return [
         "OUTPUT_DIR", str(output_dir),
         "SEED", "7",
         "SOLVER.MAX_ITER", str(max_iter),
         "SOLVER.CHECKPOINT_PERIOD", "2",
-        "DATASETS.TRAIN", "('test_resume_syn',)",
-        "DATASETS.SOCO_REGISTER", f"[('test_resume_syn', '{image_root}', '', '{json_file}')]",
+        *dataset_opts("test_resume_syn", tiny_images),
     ]
 
 
@@ -124,7 +98,7 @@ def test_kill9_then_resume_reaches_the_same_state(tiny_images, tmp_path, one_thr
     from train_net import main
 
     # A: uninterrupted, 6 iterations, checkpoints after iterations 2, 4 and 6.
-    main(_Args(_opts(tiny_images, tmp_path / "a")))
+    main(TrainArgs(_opts(tiny_images, tmp_path / "a")))
 
     # B: the same job, killed by SIGKILL during iteration 5 (after the iteration-4 checkpoint).
     b = tmp_path / "b"
@@ -140,7 +114,7 @@ def test_kill9_then_resume_reaches_the_same_state(tiny_images, tmp_path, one_thr
     assert not [f for f in os.listdir(b) if ".tmp-" in f]
 
     # ... and resumed with --resume: iterations 5 and 6 again, from the checkpoint.
-    main(_Args(_opts(tiny_images, b), resume=True))
+    main(TrainArgs(_opts(tiny_images, b), resume=True))
 
     ckpt = _assert_same_checkpoint(tmp_path / "a" / "model_final.pth", b / "model_final.pth")
     # What was compared: online and target weights, LARS buffers, scheduler, iteration, seed.
@@ -257,14 +231,14 @@ def test_non_finite_loss_stops_with_iteration_and_terms(
     _nan_at(monkeypatch, 3)
     # Detectron2's SimpleTrainer checks the (all-rank averaged) losses before optimizer.step.
     with pytest.raises(FloatingPointError, match=r"iteration=3!\nloss_dict = {'loss_soco': nan"):
-        main(_Args(_opts(tiny_images, tmp_path)))
+        main(TrainArgs(_opts(tiny_images, tmp_path)))
     monkeypatch.undo()
 
     # Nothing of the failed run's end is written; the last good checkpoint loads.
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
     assert not (tmp_path / "model_final.pth").exists()
     assert not (tmp_path / "model_final_trunk.pth").exists()
-    model = SoCoTrainer.build_model(setup(_Args(_opts(tiny_images, tmp_path / "reload"))))
+    model = SoCoTrainer.build_model(setup(TrainArgs(_opts(tiny_images, tmp_path / "reload"))))
     state = AtomicDetectionCheckpointer(model, str(tmp_path)).resume_or_load("", resume=True)
     assert state["iteration"] == 1
     weights = [v for v in model.state_dict().values() if v.is_floating_point()]
@@ -278,7 +252,7 @@ def test_non_finite_loss_at_the_last_iteration_exports_no_trunk(
 
     _nan_at(monkeypatch, 1)
     with pytest.raises(FloatingPointError, match="iteration=1!"):
-        main(_Args(_opts(tiny_images, tmp_path, max_iter=2) + ["SOLVER.CHECKPOINT_PERIOD", "1"]))
+        main(TrainArgs(_opts(tiny_images, tmp_path, max_iter=2) + ["SOLVER.CHECKPOINT_PERIOD", "1"]))
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000000.pth"
     assert not (tmp_path / "model_final.pth").exists()
     assert not (tmp_path / "model_final_trunk.pth").exists()

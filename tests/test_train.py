@@ -7,37 +7,16 @@ import pytest
 import torch
 from detectron2.engine import launch
 
-from soco_d2.data.synthetic import generate_synthetic_dataset
+from train_helpers import TrainArgs, dataset_opts
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-INSTANT = os.path.join(REPO_ROOT, "configs", "soco_instant_test.yaml")
 NAIVE_SYNC_BN = [
     "MODEL.RESNETS.NORM", "naiveSyncBN", "MODEL.FPN.NORM", "naiveSyncBN",
     "MODEL.ROI_BOX_HEAD.NORM", "naiveSyncBN", "MODEL.SOCO.HEAD_NORM", "naiveSyncBN",
 ]
 
 
-class _Args:
-    def __init__(self, opts, resume=False):
-        self.config_file, self.opts = INSTANT, opts
-        self.eval_only, self.resume = False, resume
-        self.num_gpus, self.num_machines, self.machine_rank = 1, 1, 0
-
-
-@pytest.fixture(scope="module")
-def tiny_images(tmp_path_factory):
-    out = tmp_path_factory.mktemp("syn")
-    paths = generate_synthetic_dataset(str(out), num_train=8, num_val=0, min_size=96, max_size=128)
-    return paths["train"]
-
-
 def _opts(tiny_images, output_dir, name="test_train_syn"):
-    json_file, image_root = tiny_images
-    return [
-        "OUTPUT_DIR", str(output_dir),
-        "DATASETS.TRAIN", f"('{name}',)",
-        "DATASETS.SOCO_REGISTER", f"[('{name}', '{image_root}', '', '{json_file}')]",
-    ]
+    return ["OUTPUT_DIR", str(output_dir), *dataset_opts(name, tiny_images)]
 
 
 def _free_port():
@@ -54,7 +33,7 @@ def _train_and_dump(opts, dump_dir):
     from train_net import setup
 
     torch.set_num_threads(1)
-    cfg = setup(_Args(opts))
+    cfg = setup(TrainArgs(opts))
     trainer = SoCoTrainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
