@@ -1,0 +1,86 @@
+"""benchmarks/transfer.py without training: commands, schedule, result parsing, summary."""
+import importlib.util
+import json
+import math
+import os
+
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location(
+        "transfer_bench", os.path.join(REPO_ROOT, "benchmarks", "transfer.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _opts_dict(opts):
+    return dict(zip(opts[::2], opts[1::2]))
+
+
+def test_arms_differ_only_in_weights(bench, tmp_path):
+    args = bench.parse_args(["--output-root", str(tmp_path)])
+    for name in bench.DATASETS:
+        _, random_opts = bench.finetune_opts(name, "random", 1, "t.pth", args, str(tmp_path / "r"))
+        _, soco_opts = bench.finetune_opts(name, "soco", 1, "t.pth", args, str(tmp_path / "r"))
+        r, s = _opts_dict(random_opts), _opts_dict(soco_opts)
+        assert r.pop("MODEL.WEIGHTS") == "" and s.pop("MODEL.WEIGHTS").endswith("t.pth")
+        assert r == s and r["SEED"] == "1"
+
+
+@pytest.mark.parametrize("iters", [2, 4, 60, 100, 300])
+def test_schedule_steps_below_max_iter(bench, iters):
+    args = bench.parse_args(["--finetune-iters", str(iters)])
+    n, opts = bench.finetune_schedule("synthetic", args)
+    o = _opts_dict(opts)
+    steps = eval(o["SOLVER.STEPS"])
+    assert n == iters and int(o["SOLVER.MAX_ITER"]) == iters
+    assert steps == tuple(sorted(steps)) and all(0 < s < iters for s in steps)
+    assert 0 < int(o["SOLVER.WARMUP_ITERS"]) < max(iters, 2)
+    if iters == 300:  # the configs' own schedule
+        assert steps == (200, 270) and o["SOLVER.WARMUP_ITERS"] == "50"
+
+
+def test_pretrain_iters_override_epochs(bench, tmp_path):
+    o = _opts_dict(bench.pretrain_opts("coco_sample", bench.parse_args(["--pretrain-iters", "12"]), str(tmp_path)))
+    assert o["SOLVER.EPOCHS"] == "0" and o["SOLVER.MAX_ITER"] == "12"
+    assert o["DATASETS.TRAIN"] == '("coco_sample_soco",)'
+    o = _opts_dict(bench.pretrain_opts("synthetic", bench.parse_args([]), str(tmp_path)))
+    assert o["SOLVER.EPOCHS"] == "12" and "SOLVER.MAX_ITER" not in o
+
+
+def test_final_evaluation_and_summary(bench, tmp_path):
+    records = [
+        {"iteration": 9, "total_loss": 1.0},
+        {"iteration": 10, "bbox/AP": 5.0, "bbox/AP50": 9.0, "segm/AP": 4.0, "segm/AP50": 8.0},
+    ]
+    (tmp_path / "metrics.json").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    assert bench.final_evaluation(str(tmp_path), max_iter=20) is None  # not the last iteration
+    metrics = bench.final_evaluation(str(tmp_path), max_iter=10)
+    assert metrics["bbox"]["AP"] == 5.0 and metrics["segm"]["AP50"] == 8.0
+
+    def run(arm, seed, box, mask):
+        m = {"bbox": {"AP": box, "AP50": box}, "segm": {"AP": mask, "AP50": mask}}
+        return {"dataset": "synthetic", "arm": arm, "seed": seed, "bbox_AP": box, "segm_AP": mask,
+                "metrics": m, "no_detections": math.isnan(box), "wall_s": 60.0}
+
+    runs = [run("random", 0, 1.0, 1.0), run("soco", 0, 3.0, 2.0),
+            run("random", 1, float("nan"), float("nan")), run("soco", 1, 5.0, 4.0)]
+    summary = bench.summarize(runs)["synthetic"]
+    assert summary["random"]["bbox_AP"]["mean"] == pytest.approx(0.5)  # NaN (no detection) -> 0
+    assert summary["random"]["no_detection_runs"] == 1
+    assert summary["soco"]["segm_AP"]["mean"] == pytest.approx(3.0)
+    assert summary["delta_soco_minus_random"]["bbox_AP"]["values"] == [2.0, 5.0]
+    table = bench.format_table({"synthetic": summary})
+    assert "SoCo init" in table and "random init (1 no-det)" in table and "+3.50" in table
+
+
+def test_reuse_with_other_settings_is_refused(bench, tmp_path):
+    with pytest.raises(SystemExit, match="other settings"):
+        bench.check_same(["train_net.py", "SEED", "0"], ["train_net.py", "SEED", "1"], str(tmp_path))
+    bench.check_same(["train_net.py", "--resume", "SEED", "0"], ["train_net.py", "SEED", "0"], str(tmp_path))
