@@ -61,6 +61,19 @@ def test_single_process_run_writes_checkpoint_metrics_and_momentum(tiny_images, 
     assert any("LRScheduler" in k for k in ckpt["trainer"]["hooks"])
 
 
+def test_epochs_become_iterations_in_the_saved_config(tiny_images, tmp_path):
+    import yaml
+
+    # 8 images, batch 2: 1 epoch = 4 iterations
+    _train_and_dump(_opts(tiny_images, tmp_path, "test_train_syn_ep")
+                    + ["SOLVER.EPOCHS", "2", "SOLVER.WARMUP_EPOCHS", "1"], str(tmp_path))
+    with open(tmp_path / "config.yaml") as f:
+        saved = yaml.safe_load(f)
+    assert saved["SOLVER"]["MAX_ITER"] == 8 and saved["SOLVER"]["WARMUP_ITERS"] == 4
+    with open(tmp_path / "metrics.json") as f:
+        assert [json.loads(line) for line in f][-1]["iteration"] == 7
+
+
 def test_two_process_gloo_run_keeps_ranks_identical(tiny_images, tmp_path):
     opts = _opts(tiny_images, tmp_path, "test_train_syn_ddp") + NAIVE_SYNC_BN + ["SOLVER.MAX_ITER", "2"]
     launch(

@@ -1,11 +1,13 @@
 """Detectron2 trainer for SoCo pretraining: three-view loader, LARS, momentum target."""
 import logging
+import os
 
 from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.engine import DefaultTrainer
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ..atomic_io import atomic_write_bytes
 from ..config_check import check_soco_datasets
 from ..data.mapper import SoCoDatasetMapper
 from ..data import num_images
@@ -82,6 +84,11 @@ class SoCoTrainer(DefaultTrainer):
             cfg.defrost()
             resolve_epochs(cfg, num_images)
             cfg.freeze()
+            if comm.is_main_process() and cfg.OUTPUT_DIR:
+                # default_setup() saved config.yaml before epochs became iterations
+                atomic_write_bytes(
+                    os.path.join(cfg.OUTPUT_DIR, "config.yaml"), cfg.dump().encode("utf-8")
+                )
 
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
