@@ -35,10 +35,12 @@ demo: demo-data
 test: $(STAMP)
 	$(VPY) -m pytest -q
 
+# --all: setuptools too, which plain `pip freeze` leaves out; it must stay below 81, because
+# `from detectron2 import model_zoo` imports pkg_resources (removed in setuptools 81).
 lock: $(STAMP)
 	{ echo "# Exact pins of the tested environment (Python 3.10.13, CPU or CUDA 13)."; \
 	  echo "# Regenerate with: make lock"; \
-	  $(VPY) -m pip freeze --exclude-editable | grep -v '^soco'; } > requirements-lock.txt
+	  $(VPY) -m pip freeze --all --exclude-editable | grep -v -E '^(soco|pip==)'; } > requirements-lock.txt
 
 clean:
 	rm -rf $(VENV) $(DATA)/soco_synthetic output
