@@ -30,7 +30,7 @@ demo-data: $(STAMP)
 	    --image-root $(DATA)/soco_synthetic/train --output $(DATA)/soco_synthetic/proposals_train.pkl --workers $(WORKERS)
 
 demo: demo-data
-	DETECTRON2_DATASETS=$(DATA) $(VPY) train_net.py --config-file configs/soco_demo_synthetic.yaml --num-gpus 1
+	DETECTRON2_DATASETS=$(DATA) $(VPY) train_net.py --config-file configs/soco/soco_demo_synthetic.yaml --num-gpus 1
 
 test: $(STAMP)
 	$(VPY) -m pytest -q

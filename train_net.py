@@ -3,7 +3,7 @@
 
 Pretraining, one machine with 8 GPUs::
 
-    python train_net.py --config-file configs/soco_R50_FPN_100ep.yaml --num-gpus 8
+    python train_net.py --config-file configs/soco/soco_R50_FPN_100ep.yaml --num-gpus 8
 
 Fine-tuning and evaluation (any config whose META_ARCHITECTURE is not "SoCo")::
 

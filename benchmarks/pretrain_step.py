@@ -41,7 +41,7 @@ REFERENCE_S_PER_STEP = 4.4
 
 def bench_cfg(args):
     cfg = add_soco_config(get_cfg())
-    cfg.merge_from_file(os.path.join(REPO_ROOT, "configs", "Base-SoCo-R50-FPN.yaml"))
+    cfg.merge_from_file(os.path.join(REPO_ROOT, "configs", "soco", "Base-SoCo-R50-FPN.yaml"))
     cfg.merge_from_list([
         "MODEL.DEVICE", "cpu",
         # one process: SyncBN would be plain BN anyway

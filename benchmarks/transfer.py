@@ -11,7 +11,7 @@ same, and a given seed also gives both arms the same initial RPN / box predictor
 and the same data order (Detectron2 seeds everything from SEED before the model is built).
 Pretraining uses NO labels and only the images of the fine-tuning train split:
 
-- ``synthetic``: the embedded scenes. Pretraining = ``configs/soco_demo_synthetic.yaml`` (the
+- ``synthetic``: the embedded scenes. Pretraining = ``configs/soco/soco_demo_synthetic.yaml`` (the
   ``make demo`` recipe: R18-FPN, 12 epochs of the 200 train images) on
   ``soco_synthetic_train``; fine-tuning = ``configs/transfer/mask_rcnn_R18_FPN_synthetic.yaml``
   on ``soco_synthetic_det_train``, evaluated on the 50 ``soco_synthetic_det_val`` images.
@@ -73,7 +73,7 @@ ARM_LABELS = {"random": "random init", "soco": "SoCo init"}
 # hour on 2 CPU cores.
 DATASETS = {
     "synthetic": {
-        "pretrain_config": "configs/soco_demo_synthetic.yaml",
+        "pretrain_config": "configs/soco/soco_demo_synthetic.yaml",
         "pretrain_opts": ["DATASETS.TRAIN", '("soco_synthetic_train",)'],
         "pretrain_epochs": 12,
         "finetune_config": "configs/transfer/mask_rcnn_R18_FPN_synthetic.yaml",
@@ -85,7 +85,7 @@ DATASETS = {
         ],
     },
     "coco_sample": {
-        "pretrain_config": "configs/soco_demo_synthetic.yaml",
+        "pretrain_config": "configs/soco/soco_demo_synthetic.yaml",
         "pretrain_opts": ["DATASETS.TRAIN", '("coco_sample_soco",)'],
         "pretrain_epochs": 30,
         "finetune_config": "configs/transfer/mask_rcnn_R18_FPN_coco_sample.yaml",

@@ -289,7 +289,7 @@ def test_training_runs_through_a_dataset_full_of_bad_inputs(tmp_path):
 
     class Args:
         config_file = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs",
-                                   "soco_instant_test.yaml")
+                                   "soco", "soco_instant_test.yaml")
         opts = ["OUTPUT_DIR", str(tmp_path / "out"), "SOLVER.MAX_ITER", "3",
                 "SOLVER.IMS_PER_BATCH", "4", "DATASETS.TRAIN", "('test_bad_inputs_run',)",
                 "DATASETS.SOCO_REGISTER", f"[('test_bad_inputs_run', '{folder}', '{props}')]"]

@@ -14,11 +14,11 @@ CONFIGS = sorted(glob.glob(os.path.join(CONFIG_DIR, "**", "*.yaml"), recursive=T
 def test_configs_exist():
     names = {os.path.relpath(p, CONFIG_DIR) for p in CONFIGS}
     for required in (
-        "Base-SoCo-R50-FPN.yaml",
-        "soco_R50_FPN_100ep.yaml",
-        "soco_R50_FPN_400ep.yaml",
-        "soco_star_R50_FPN_400ep.yaml",
-        "soco_R50_C4_100ep.yaml",
+        "soco/Base-SoCo-R50-FPN.yaml",
+        "soco/soco_R50_FPN_100ep.yaml",
+        "soco/soco_R50_FPN_400ep.yaml",
+        "soco/soco_star_R50_FPN_400ep.yaml",
+        "soco/soco_R50_C4_100ep.yaml",
     ):
         assert required in names
 
@@ -37,7 +37,7 @@ def test_every_config_loads_through_setup(path, tmp_path):
 
 
 def test_published_run_defaults():
-    path = os.path.join(CONFIG_DIR, "soco_R50_FPN_100ep.yaml")
+    path = os.path.join(CONFIG_DIR, "soco", "soco_R50_FPN_100ep.yaml")
     cfg = setup(TrainArgs(config_file=path, opts=["MODEL.DEVICE", "cpu"]))
     s = cfg.INPUT.SOCO
     assert (s.VIEW1_SIZE, s.VIEW2_SIZE, s.VIEW3_SIZE, s.VIEW4_SIZE) == (224, 224, 112, 0)
@@ -52,7 +52,7 @@ def test_published_run_defaults():
 def test_unknown_key_names_the_key(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text('_BASE_: "%s"\nINPUT:\n  SOCO:\n    NUM_PROPOSAL: 4\n'
-                   % os.path.join(CONFIG_DIR, "Base-SoCo-R50-FPN.yaml"))
+                   % os.path.join(CONFIG_DIR, "soco", "Base-SoCo-R50-FPN.yaml"))
     with pytest.raises(KeyError, match="NUM_PROPOSAL"):
         setup(TrainArgs(config_file=str(bad), opts=["MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(tmp_path)]))
 
@@ -63,5 +63,5 @@ def test_cuda_device_without_cuda_says_what_to_do(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("CUDA is available")
     with pytest.raises(RuntimeError, match="MODEL.DEVICE cpu"):
-        path = os.path.join(CONFIG_DIR, "soco_R50_FPN_100ep.yaml")
+        path = os.path.join(CONFIG_DIR, "soco", "soco_R50_FPN_100ep.yaml")
         setup(TrainArgs(config_file=path, opts=["OUTPUT_DIR", str(tmp_path)]))

@@ -21,8 +21,8 @@ from soco_d2.export import SOCO_ONLY_PREFIXES, export_trunk
 from soco_d2.modeling.meta_arch import ONLINE_TRUNK_PREFIXES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = os.path.join(REPO, "configs")
-TRANSFER = os.path.join(CONFIGS, "transfer")
+CONFIGS = os.path.join(REPO, "configs", "soco")
+TRANSFER = os.path.join(REPO, "configs", "transfer")
 TRANSFER_CONFIGS = sorted(glob.glob(os.path.join(TRANSFER, "*.yaml")))
 
 # What a stock Mask R-CNN may miss after loading SoCo weights: the parts SoCo does not pretrain.

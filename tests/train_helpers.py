@@ -4,7 +4,7 @@ import os
 from soco_d2.data.synthetic import generate_synthetic_dataset
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-INSTANT = os.path.join(REPO_ROOT, "configs", "soco_instant_test.yaml")
+INSTANT = os.path.join(REPO_ROOT, "configs", "soco", "soco_instant_test.yaml")
 
 
 class TrainArgs:
