@@ -21,7 +21,7 @@ from typing import Dict, Mapping, Tuple, Union
 
 import torch
 
-from .atomic_io import atomic_write
+from .utils.atomic_io import atomic_write
 from .modeling.meta_arch import ONLINE_TRUNK_PREFIXES
 
 __all__ = ["AUTHOR", "SOCO_ONLY_PREFIXES", "export_trunk", "load_soco_state_dict", "split_trunk"]

@@ -29,7 +29,7 @@ from typing import Dict, List, Tuple
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-from ..atomic_io import atomic_write_json
+from ..utils.atomic_io import atomic_write_json
 from .builtin import datasets_root
 from .datasets import load_soco_images
 

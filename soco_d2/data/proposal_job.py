@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ..atomic_io import atomic_write_bytes
+from ..utils.atomic_io import atomic_write_bytes
 from .selective_search import ImageReadError, ProposalSettings, propose_image
 
 __all__ = ["JobSummary", "generate_proposals", "is_up_to_date", "partial_dir", "failures_path"]

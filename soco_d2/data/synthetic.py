@@ -55,7 +55,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_util
 
-from ..atomic_io import atomic_write_json
+from ..utils.atomic_io import atomic_write_json
 
 __all__ = [
     "SYNTHETIC_CATEGORIES",

@@ -12,7 +12,7 @@ import os
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-from ..atomic_io import TMP_MARK, atomic_write
+from ..utils.atomic_io import TMP_MARK, atomic_write
 
 __all__ = ["AtomicDetectionCheckpointer"]
 

@@ -7,7 +7,7 @@ from detectron2.engine import DefaultTrainer
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..atomic_io import atomic_write_bytes
+from ..utils.atomic_io import atomic_write_bytes
 from ..config_check import check_soco_datasets
 from ..data.mapper import SoCoDatasetMapper
 from ..data import num_images

@@ -1,0 +1,1 @@
+"""Small helpers with no Detectron2 dependency: atomic file writes (atomic_io.py)."""
