@@ -24,24 +24,24 @@ from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from soco_d2 import add_soco_config
+from soco_d2.config import add_config, check_weights_set, load_config
 from soco_d2.data import register_datasets_from_cfg
-from soco_d2.config_check import validate_soco_config
-from soco_d2.config_loading import check_weights_set, load_config
 from soco_d2.engine import DetectionTrainer, SoCoTrainer
+from soco_d2.methods import get_method
 
 logger = logging.getLogger("soco_d2")
 
 
 def setup(args):
-    """Config from file and overrides, with SoCo's keys, datasets registered, frozen."""
+    """Config from file and overrides, with every method's keys, datasets registered, frozen."""
     cfg = get_cfg()
-    add_soco_config(cfg)
+    add_config(cfg)
     load_config(cfg, args.config_file)
     cfg.merge_from_list(args.opts)
     register_datasets_from_cfg(cfg)
-    if cfg.MODEL.META_ARCHITECTURE == "SoCo":
-        validate_soco_config(cfg)  # values only; the data on disk is checked by SoCoTrainer
+    method = get_method(cfg.MODEL.META_ARCHITECTURE)
+    if method is not None:
+        method.validate_config(cfg)  # values only; the data on disk is checked by its trainer
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(
             f"MODEL.DEVICE is '{cfg.MODEL.DEVICE}' but CUDA is not available; "

@@ -4,8 +4,7 @@ import os
 
 import pytest
 
-from soco_d2.config_check import ConfigError
-from soco_d2.config_loading import WEIGHTS_PLACEHOLDER
+from soco_d2.config import WEIGHTS_PLACEHOLDER, ConfigError
 from train_helpers import REPO_ROOT, TrainArgs
 from train_net import main, setup
 

@@ -16,7 +16,7 @@ from detectron2.modeling import build_model
 
 import soco_d2.modeling  # noqa: F401  (registers the SoCo meta architecture)
 from soco_d2 import add_soco_config
-from soco_d2.config_loading import WEIGHTS_PLACEHOLDER, check_weights_set, load_config
+from soco_d2.config import WEIGHTS_PLACEHOLDER, check_weights_set, load_config
 from soco_d2.export import SOCO_ONLY_PREFIXES, export_trunk
 from soco_d2.modeling.meta_arch import ONLINE_TRUNK_PREFIXES
 

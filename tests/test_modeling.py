@@ -10,7 +10,7 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes
 
-from soco_d2.config import add_soco_config
+from soco_d2 import add_soco_config
 from soco_d2.modeling import (
     NaiveSyncBatchNorm1d,
     SoCo,

@@ -8,7 +8,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..utils.atomic_io import atomic_write_bytes
-from ..config_check import check_soco_datasets
+from ..config.checks import check_datasets
 from ..data.mapper import SoCoDatasetMapper
 from ..data import num_images
 from ..data.sampler import DataStream, GlobalSampleStream, SampleStreamDataset, resolve_data_seed
@@ -77,7 +77,7 @@ class SoCoTrainer(DefaultTrainer):
         super(DefaultTrainer, self).__init__()
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
-        check_soco_datasets(cfg)
+        check_datasets(cfg)
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         if cfg.SOLVER.EPOCHS > 0:
             cfg = cfg.clone()

@@ -1,0 +1,47 @@
+"""Configuration keys every pretraining method shares, in one place.
+
+Keys that Detectron2 already has keep their meaning and are reused (``SOLVER.*``). Each method
+adds its own keys in its folder (``soco_d2/methods/<method>/config.py``) and calls
+:func:`add_common_config` first. Section numbers refer to the SoCo paper as summarised in
+SOCO_SPEC.md.
+"""
+
+__all__ = ["add_common_config"]
+
+
+def add_common_config(cfg):
+    """Add the keys shared by all pretraining methods to a Detectron2 config (in place).
+
+    Idempotent: every method's ``add_*_config`` calls it, so the keys are added once and values
+    already set (e.g. merged from a file) are kept.
+
+    Returns:
+        ``cfg``.
+    """
+    if "EPOCHS" in cfg.SOLVER:  # added already
+        return cfg
+    _C = cfg
+
+    # ---------------------------------------------------------------- solver (Sec. 6)
+    # "LARS" (Sec. 6) or "SGD" (Detectron2's default optimizer).
+    _C.SOLVER.OPTIMIZER = "LARS"
+    # LARS trust coefficient and eps (Sec. 6).
+    _C.SOLVER.LARS_TRUST_COEF = 0.001
+    _C.SOLVER.LARS_EPS = 1e-8
+    # Batch size that BASE_LR refers to: lr = BASE_LR * IMS_PER_BATCH / BASE_LR_BATCH
+    # (Sec. 6: 1.0 per 256). 0 uses BASE_LR as it is.
+    _C.SOLVER.BASE_LR_BATCH = 256
+    # When > 0, MAX_ITER and WARMUP_ITERS are derived from epochs of DATASETS.TRAIN.
+    _C.SOLVER.EPOCHS = 0
+    _C.SOLVER.WARMUP_EPOCHS = 0
+    # Mixed precision dtype when SOLVER.AMP.ENABLED: "float16" (GPU) or "bfloat16" (GPU with
+    # bf16 support, or CPU autocast: much faster on CPUs with AMX / AVX512-BF16).
+    _C.SOLVER.AMP.PRECISION = "float16"
+
+    # ---------------------------------------------------------------- datasets
+    # Extra pretraining datasets registered at start, each (name, image_root, proposal_file)
+    # for an image folder (searched recursively), or (name, image_root, proposal_file,
+    # coco_json) for the images of a COCO json (labels ignored). An empty proposal_file means
+    # whole-image proposals.
+    _C.DATASETS.SOCO_REGISTER = []
+    return cfg
