@@ -30,6 +30,7 @@ from detectron2.data import DatasetCatalog  # noqa: E402
 
 from soco_d2 import add_soco_config  # noqa: E402
 from soco_d2.data import load_soco_images, register_datasets_from_cfg  # noqa: E402
+from soco_d2.data.decode import image_header  # noqa: E402
 from soco_d2.data.mapper import SoCoDatasetMapper  # noqa: E402
 from soco_d2.data.view_sampling import random_proposals  # noqa: E402
 
@@ -72,11 +73,9 @@ def load_records(args, cfg):
     picked = sorted(rng.choice(len(records), min(args.num_images, len(records)), replace=False))
     records = [dict(records[i]) for i in picked]
     if args.random_proposals > 0:
-        from PIL import Image, ImageOps
-
         for r in records:
-            with Image.open(r["file_name"]) as im:
-                w, h = ImageOps.exif_transpose(im).size
+            with open(r["file_name"], "rb") as f:
+                w, h, _ = image_header(f.read())  # EXIF orientation applied
             r["proposal_boxes"] = random_proposals(rng, w, h, args.random_proposals)
     return records
 

@@ -22,15 +22,14 @@ Output of ``SoCoDatasetMapper(cfg)(record)`` (what the SoCo model's forward take
     }
 
 The loss for a pair is symmetrised inside the model (a->b and b->a). Geometry (crops,
-resizing, boxes, levels) lives in :mod:`.view_sampling`, colour in :mod:`.color_augment`; this
-file decodes the image and puts the pieces together.
+resizing, boxes, levels) lives in :mod:`.view_sampling`, colour in :mod:`.color_augment`,
+decoding in :mod:`.decode`; this file puts the pieces together.
 
 Randomness: numpy's global RNG, or, when a ``seed`` is passed (the training loader does, see
 :mod:`.sampler`), an RNG seeded by it for this one call, so a sample is a pure function of
 (record, seed). Unreadable images (0 bytes, truncated, corrupt, missing) are skipped: the
 mapper logs the file and the running count and returns None, and the loader uses another image.
 """
-import io
 import logging
 from typing import List, Optional, Sequence, Tuple
 
@@ -42,6 +41,7 @@ from detectron2.structures import Boxes, BoxMode
 from detectron2.utils.file_io import PathManager
 
 from .color_augment import ColorRecipe, apply_color_recipe, cutout_in_boxes
+from .decode import ImageReadError, decode_image, image_header
 from .view_sampling import (
     assign_levels,
     canonical_levels,
@@ -54,76 +54,9 @@ from .view_sampling import (
     select_in_crop,
 )
 
-__all__ = [
-    "SoCoDatasetMapper",
-    "UnreadableImageError",
-    "decode_image",
-    "image_header",
-]
+__all__ = ["SoCoDatasetMapper"]
 
 logger = logging.getLogger(__name__)
-
-_REDUCED_FLAGS = {
-    1: cv2.IMREAD_COLOR,
-    2: cv2.IMREAD_REDUCED_COLOR_2,
-    4: cv2.IMREAD_REDUCED_COLOR_4,
-    8: cv2.IMREAD_REDUCED_COLOR_8,
-}
-
-
-def image_header(data: bytes):
-    """``(width, height, is_jpeg)`` of an encoded image after EXIF orientation, read from its
-    header only; None when PIL cannot identify the format."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
-            if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees
-                w, h = h, w
-            return w, h, im.format == "JPEG"
-    except (UnidentifiedImageError, OSError, SyntaxError):
-        return None
-
-
-def decode_image(data: bytes, reduce: int = 1) -> np.ndarray:
-    """Decode to uint8 BGR (H, W, 3) with the EXIF orientation applied, like Detectron2's
-    ``read_image``. Grayscale, alpha and 16-bit images become 3-channel 8-bit. ``reduce`` in
-    {1, 2, 4, 8} decodes a JPEG at that fraction of its size (DCT scaling).
-
-    Raises:
-        ValueError: the data cannot be decoded.
-    """
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED_FLAGS[reduce])
-    if img is None:  # a format OpenCV does not read: let PIL try
-        from detectron2.data.detection_utils import _apply_exif_orientation
-        from PIL import Image
-
-        try:
-            im = _apply_exif_orientation(Image.open(io.BytesIO(data)))
-            arr = np.asarray(im)
-            if arr.dtype != np.uint8:  # 16/32-bit integer or float grayscale
-                arr = arr.astype(np.float64)
-                top = 255.0 if arr.max() <= 255 else (65535.0 if arr.max() <= 65535 else arr.max())
-                arr = np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8)
-                im = Image.fromarray(arr)
-            img = np.ascontiguousarray(np.asarray(im.convert("RGB"))[:, :, ::-1])
-        except Exception as e:
-            raise ValueError(f"cannot decode image ({e})") from e
-    return img
-
-
-class UnreadableImageError(ValueError):
-    """An image file that cannot be read or decoded; the mapper skips it."""
-
-
-def _decode(data: bytes, reduce: int = 1) -> np.ndarray:
-    if len(data) == 0:
-        raise UnreadableImageError("empty file (0 bytes)")
-    try:
-        return decode_image(data, reduce)
-    except (ValueError, cv2.error) as e:
-        raise UnreadableImageError(str(e)) from e
 
 
 class SoCoDatasetMapper:
@@ -336,7 +269,7 @@ class SoCoDatasetMapper:
     def _map_or_skip(self, dataset_dict: dict) -> Optional[dict]:
         try:
             return self._map(dataset_dict)
-        except UnreadableImageError as e:
+        except ImageReadError as e:
             self.num_skipped += 1
             logger.warning(
                 f"Skipping unreadable image {dataset_dict['file_name']} "
@@ -350,11 +283,11 @@ class SoCoDatasetMapper:
             with PathManager.open(dataset_dict["file_name"], "rb") as f:
                 data = f.read()
         except OSError as e:
-            raise UnreadableImageError(f"cannot read the file ({e})") from e
+            raise ImageReadError("unreadable", f"cannot read the file ({e})") from e
         header = image_header(data)
         img = None
         if header is None or not header[2]:
-            img = _decode(data)
+            img = decode_image(data)
             width, height = img.shape[1], img.shape[0]
         else:
             width, height = header[:2]
@@ -388,7 +321,7 @@ class SoCoDatasetMapper:
         if img is None:
             crops = [(selections[v][0], self.sizes[v]) for v in crop_views]
             f = self._reduce_factor(width, height, crops) if self.reduced_decode else 1
-            img = _decode(data, f)
+            img = decode_image(data, f)
         sx, sy = img.shape[1] / width, img.shape[0] / height
 
         # V1 holds every selected proposal once, in order of first use.

@@ -10,12 +10,13 @@ Public API: :class:`BoxFilter`, :func:`filter_boxes`, :class:`ProposalSettings`,
 :func:`load_image_bgr`, :func:`propose`, :func:`propose_image`.
 """
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from typing import List, NamedTuple, Tuple
 
 import cv2
 import numpy as np
+
+from .decode import ImageReadError, read_image
 
 __all__ = [
     "BoxFilter", "FilterResult", "FULL", "ASPECT", "SIZE", "WHOLE_IMAGE", "FILTER_STAGES",
@@ -132,81 +133,17 @@ class ProposalSettings:
 
 # ----------------------------------------------------------------------------- image reading
 
-class ImageReadError(Exception):
-    """An image that cannot be used; ``reason`` is a short machine-friendly tag."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
-
-
-def _to_bgr8(arr: np.ndarray) -> np.ndarray:
-    """Any decoded array (gray / RGB(A) in BGR order / 16-bit / float) -> uint8 HxWx3 BGR."""
-    if arr.dtype != np.uint8:
-        a = arr.astype(np.float64)
-        if arr.dtype == np.uint16:
-            a = a / 257.0
-        else:  # 32-bit int or float images: stretch their own range
-            lo, hi = float(a.min()), float(a.max())
-            a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
-        arr = np.clip(np.rint(a), 0, 255).astype(np.uint8)
-    if arr.ndim == 2:
-        return cv2.cvtColor(arr, cv2.COLOR_GRAY2BGR)
-    if arr.shape[2] == 4:
-        return cv2.cvtColor(arr, cv2.COLOR_BGRA2BGR)
-    if arr.shape[2] == 1:
-        return cv2.cvtColor(arr, cv2.COLOR_GRAY2BGR)
-    return np.ascontiguousarray(arr[:, :, :3])
-
-
 def load_image_bgr(path: str, max_side: int = 0) -> Tuple[np.ndarray, int, int]:
-    """Decode ``path`` to uint8 BGR, in the frame Detectron2's ``read_image`` uses (PIL with the
-    EXIF orientation applied). Returns ``(image, W, H)`` where W x H is the size of the full
-    image; when ``max_side`` > 0, JPEGs may be decoded at a reduced scale (DCT scaling) that is
-    still at least the size selective search runs at, so ``image`` can be smaller than W x H.
-
-    PIL is used first because, unlike ``cv2.imread``, it rejects truncated JPEGs (as training
-    would); ``cv2.imread`` is the fallback for files PIL cannot identify.
+    """Decode ``path`` to uint8 BGR with :func:`soco_d2.data.decode.read_image` (Pillow first,
+    so truncated JPEGs are rejected as training would; EXIF orientation applied). Returns
+    ``(image, W, H)`` where W x H is the size of the full image; when ``max_side`` > 0, JPEGs
+    may be decoded at a reduced scale (DCT scaling) that is still at least the size selective
+    search runs at, so ``image`` can be smaller than W x H.
 
     Raises:
         ImageReadError: missing file, empty file, undecodable / truncated data.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    if not os.path.exists(path):
-        raise ImageReadError("missing", path)
-    try:
-        if os.path.getsize(path) == 0:
-            raise ImageReadError("empty_file", "0 bytes")
-    except OSError as e:
-        raise ImageReadError("unreadable", str(e)) from e
-    try:
-        with Image.open(path) as im:
-            w0, h0 = im.size
-            orientation = im.getexif().get(0x0112, 1)
-            if orientation in (5, 6, 7, 8):
-                w0, h0 = h0, w0
-            s = _search_scale(w0, h0, max_side)
-            if im.format == "JPEG" and s < 1:  # decode at a reduced scale still >= the target
-                im.draft("RGB", (int(np.ceil(im.size[0] * s)), int(np.ceil(im.size[1] * s))))
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            if im.mode in ("I;16", "I;16L", "I;16B", "I;16N"):
-                arr = np.asarray(im).astype(np.uint16)
-            elif im.mode in ("I", "F"):
-                arr = np.asarray(im)
-            else:
-                arr = np.asarray(im.convert("RGB"))[:, :, ::-1]
-        return _to_bgr8(arr), int(w0), int(h0)
-    except UnidentifiedImageError:
-        pass  # maybe a format only OpenCV reads
-    except (OSError, ValueError, SyntaxError) as e:  # truncated / corrupt data
-        raise ImageReadError("decode_error", f"{type(e).__name__}: {e}") from e
-    arr = cv2.imread(path, cv2.IMREAD_COLOR)
-    if arr is None:
-        raise ImageReadError("unreadable", "neither PIL nor OpenCV can decode it")
-    return _to_bgr8(arr), int(arr.shape[1]), int(arr.shape[0])
+    return read_image(path, lambda width, height: _search_scale(width, height, max_side))
 
 
 # ----------------------------------------------------------------------------- selective search
