@@ -25,9 +25,9 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-from soco_d2.data.selective_search import (  # noqa: E402
-    FULL, ImageReadError, pairwise_iou, add_settings_arguments, filter_boxes, propose_image,
-    settings_from_args,
+from soco_d2.data.decode import ImageReadError  # noqa: E402
+from soco_d2.data.proposals.selective_search import (  # noqa: E402
+    FULL, pairwise_iou, add_settings_arguments, filter_boxes, propose_image, settings_from_args,
 )
 
 REFERENCE = {"s_per_image_median": 0.80, "proposals_per_image": 52.8, "recall_at_0_5": 0.796}

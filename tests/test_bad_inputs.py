@@ -16,10 +16,10 @@ import torch
 from detectron2.structures import BoxMode
 from PIL import Image
 
-from soco_d2.data.datasets import attach_proposals, load_soco_images
+from soco_d2.data.pretrain_datasets import attach_proposals, load_soco_images
 from soco_d2.data.image_list import list_coco_images
 from soco_d2.data.mapper import SoCoDatasetMapper
-from soco_d2.data.sampler import SampleStreamDataset
+from soco_d2.data.sample_stream import SampleStreamDataset
 
 SMALL = dict(view1_size=64, view2_size=64, view3_size=32, num_proposals=2)
 
@@ -209,7 +209,7 @@ def test_non_finite_boxes_are_dropped_and_counted_at_load(tmp_path):
     path = write_proposals(tmp_path / "p.pkl", ["a", "b"], [boxes, boxes[:1]],
                            [np.arange(5, dtype=np.float32), np.zeros(1, np.float32)])
     records = [{"image_id": "a", "file_name": "a.jpg"}, {"image_id": "b", "file_name": "b.jpg"}]
-    with Records("soco_d2.data.datasets") as log:
+    with Records("soco_d2.data.pretrain_datasets") as log:
         assert attach_proposals(records, path) == 0
     np.testing.assert_array_equal(records[0]["proposal_boxes"], [[10, 10, 60, 50], [0, 0, 40, 40]])
     np.testing.assert_array_equal(records[0]["proposal_objectness_logits"], [4, 0])
@@ -240,7 +240,7 @@ def test_images_without_proposals_or_missing_from_the_file(tmp_path):
         cv2.imwrite(str(folder / f"{name}.jpg"), texture(80, 100))
     path = write_proposals(tmp_path / "p.pkl", ["a", "b"],
                            [np.array([[5, 5, 60, 60]], np.float32), np.zeros((0, 4), np.float32)])
-    with Records("soco_d2.data.datasets") as log:
+    with Records("soco_d2.data.pretrain_datasets") as log:
         records = load_soco_images(str(folder), path)
     assert any("1 of 3 images have no entry" in m and "'c'" in m for m in log.messages)
     assert [len(r["proposal_boxes"]) for r in records] == [1, 0, 0]

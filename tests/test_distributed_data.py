@@ -10,7 +10,7 @@ import torch
 from detectron2.data.build import build_batch_data_loader
 from detectron2.engine import launch
 
-from soco_d2.data.sampler import (
+from soco_d2.data.sample_stream import (
     DataStream,
     GlobalSampleStream,
     SampleStreamDataset,

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from soco_d2.data import proposal_job
+from soco_d2.data.proposals import job as proposal_job
 from soco_d2.data.image_list import list_coco_images, list_image_folder
 from soco_d2.data.proposals import (
     ASPECT, FULL, SIZE, WHOLE_IMAGE, BoxFilter, ImageReadError, ProposalSettings,

@@ -2,7 +2,7 @@
 
 Why the resumed run is bit-identical to the uninterrupted one on the CPU with one thread:
 the data of iteration i is a pure function of (SEED, global sample numbers of i) (images,
-crops, colour: soco_d2/data/sampler.py), the model has no randomness in its forward pass, the
+crops, colour: soco_d2/data/sample_stream.py), the model has no randomness in its forward pass, the
 checkpoint restores every other input of the next step (online and target weights, BN buffers,
 LARS momentum buffers, LR scheduler, iteration; the momentum schedule is a function of the
 iteration), and single-threaded CPU kernels run the same operations in the same order.

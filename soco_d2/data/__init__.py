@@ -1,4 +1,4 @@
-from .datasets import (
+from .pretrain_datasets import (
     attach_proposals,
     load_soco_images,
     num_images,

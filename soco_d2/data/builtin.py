@@ -14,7 +14,7 @@ import os
 
 from detectron2.data.datasets import register_coco_instances
 
-from .datasets import register_soco_images
+from .pretrain_datasets import register_soco_images
 from .synthetic import SYNTHETIC_CATEGORIES, synthetic_split_paths
 
 SYNTHETIC_DIRNAME = "soco_synthetic"

@@ -31,7 +31,7 @@ from detectron2.data.datasets import load_coco_json
 
 from ..utils.atomic_io import atomic_write_json
 from .builtin import datasets_root
-from .datasets import load_soco_images
+from .pretrain_datasets import load_soco_images
 
 __all__ = [
     "coco_sample_dir",

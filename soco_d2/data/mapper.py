@@ -26,7 +26,7 @@ resizing, boxes, levels) lives in :mod:`.view_sampling`, colour in :mod:`.color_
 decoding in :mod:`.decode`; this file puts the pieces together.
 
 Randomness: numpy's global RNG, or, when a ``seed`` is passed (the training loader does, see
-:mod:`.sampler`), an RNG seeded by it for this one call, so a sample is a pure function of
+:mod:`.sample_stream`), an RNG seeded by it for this one call, so a sample is a pure function of
 (record, seed). Unreadable images (0 bytes, truncated, corrupt, missing) are skipped: the
 mapper logs the file and the running count and returns None, and the loader uses another image.
 """
@@ -297,7 +297,7 @@ class SoCoDatasetMapper:
         props = np.asarray(dataset_dict.get("proposal_boxes", np.zeros((0, 4))), np.float32)
         props = props.reshape(-1, 4)
         # Non-finite boxes can only come from proposal files loaded elsewhere (SoCo's loader
-        # drops and counts them, datasets.attach_proposals); their ids are kept unused.
+        # drops and counts them, pretrain_datasets.attach_proposals); their ids are kept unused.
         finite = np.isfinite(props).all(axis=1)
         if not finite.all():
             props = np.where(finite[:, None], props, 0.0).astype(np.float32)

@@ -11,7 +11,7 @@ from ..utils.atomic_io import atomic_write_bytes
 from ..config.checks import check_datasets
 from ..data.mapper import SoCoDatasetMapper
 from ..data import num_images
-from ..data.sampler import DataStream, GlobalSampleStream, SampleStreamDataset, resolve_data_seed
+from ..data.sample_stream import DataStream, GlobalSampleStream, SampleStreamDataset, resolve_data_seed
 from ..solver import build_soco_optimizer, resolve_epochs
 from .ddp import finish_trainer_init
 from .export_hook import ExportTrunkHook
@@ -24,7 +24,7 @@ def build_soco_train_loader(cfg, seed=None):
     """Pretraining loader: records of DATASETS.TRAIN mapped to views by SoCoDatasetMapper.
 
     The data is a pure function of (seed, global sample number), see
-    :mod:`soco_d2.data.sampler`: iteration i holds samples [i*B, (i+1)*B) of SOLVER.IMS_PER_BATCH
+    :mod:`soco_d2.data.sample_stream`: iteration i holds samples [i*B, (i+1)*B) of SOLVER.IMS_PER_BATCH
     B, split over the processes, whatever their number and DATALOADER.NUM_WORKERS. Records need
     no annotations and no image size, so empty-annotation filtering and aspect ratio grouping
     (Detectron2 defaults meant for detection) are off.

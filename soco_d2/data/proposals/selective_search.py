@@ -16,11 +16,11 @@ from typing import List, NamedTuple, Tuple
 import cv2
 import numpy as np
 
-from .decode import ImageReadError, read_image
+from ..decode import ImageReadError, read_image
 
 __all__ = [
     "BoxFilter", "FilterResult", "FULL", "ASPECT", "SIZE", "WHOLE_IMAGE", "FILTER_STAGES",
-    "filter_boxes", "ProposalSettings", "ImageReadError", "load_image_bgr", "Proposals",
+    "filter_boxes", "ProposalSettings", "load_image_bgr", "Proposals",
     "selective_search", "pairwise_iou", "rank_boxes", "propose", "propose_image",
     "add_settings_arguments", "settings_from_args",
 ]

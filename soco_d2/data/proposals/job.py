@@ -36,8 +36,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ..utils.atomic_io import atomic_write_bytes
-from .selective_search import ImageReadError, ProposalSettings, propose_image
+from ...utils.atomic_io import atomic_write_bytes
+from ..decode import ImageReadError
+from .selective_search import ProposalSettings, propose_image
 
 __all__ = ["JobSummary", "generate_proposals", "is_up_to_date", "partial_dir", "failures_path"]
 

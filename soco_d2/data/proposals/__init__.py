@@ -1,0 +1,37 @@
+"""Unsupervised object proposals (SoCo paper section 1): one import for the public API.
+
+- :mod:`.selective_search`: SoCo's box filter (:func:`filter_boxes`, with its fallback stages)
+  and fast, deterministic selective search on a downscaled image (:func:`propose_image`,
+  settings in :class:`ProposalSettings`).
+- :mod:`.job`: parallel, resumable generation of a Detectron2 proposal file
+  (:func:`generate_proposals`); CLI: ``tools/generate_proposals.py``.
+
+Images are decoded by :mod:`soco_d2.data.decode` (:func:`load_image_bgr` reads them at the size
+selective search needs); :class:`ImageReadError` says why one cannot be used.
+"""
+from ..decode import ImageReadError
+from .job import JobSummary, failures_path, generate_proposals, is_up_to_date, partial_dir
+from .selective_search import (
+    ASPECT,
+    FILTER_STAGES,
+    FULL,
+    SIZE,
+    WHOLE_IMAGE,
+    BoxFilter,
+    FilterResult,
+    ProposalSettings,
+    Proposals,
+    add_settings_arguments,
+    filter_boxes,
+    load_image_bgr,
+    propose,
+    propose_image,
+    settings_from_args,
+)
+
+__all__ = [
+    "ASPECT", "FILTER_STAGES", "FULL", "SIZE", "WHOLE_IMAGE", "BoxFilter", "FilterResult",
+    "ImageReadError", "ProposalSettings", "Proposals", "add_settings_arguments", "filter_boxes",
+    "load_image_bgr", "propose", "propose_image", "settings_from_args", "JobSummary",
+    "failures_path", "generate_proposals", "is_up_to_date", "partial_dir",
+]
