@@ -37,9 +37,10 @@ from detectron2.config import get_cfg  # noqa: E402
 from detectron2.structures import BoxMode  # noqa: E402
 
 from soco_d2 import add_soco_config  # noqa: E402
-from soco_d2.data import attach_proposals, mapper as mapper_module  # noqa: E402
-from soco_d2.data.mapper import SoCoDatasetMapper  # noqa: E402
-from soco_d2.data.view_sampling import random_proposals  # noqa: E402
+from soco_d2.data import attach_proposals  # noqa: E402
+from soco_d2.methods.soco import mapper as mapper_module  # noqa: E402
+from soco_d2.methods.soco.mapper import SoCoDatasetMapper  # noqa: E402
+from soco_d2.methods.soco.views import random_proposals  # noqa: E402
 
 REFERENCE_IMAGES_PER_S = 79.8
 DEFAULT_PROPOSALS = os.path.join(REPO_ROOT, "datasets", "soco_proposals", "coco_sample.pkl")

@@ -32,7 +32,7 @@ from detectron2.modeling import build_model  # noqa: E402
 
 from soco_d2 import add_soco_config  # noqa: E402
 from soco_d2.data import list_coco_images  # noqa: E402
-from soco_d2.data.mapper import SoCoDatasetMapper  # noqa: E402
+from soco_d2.methods.soco.mapper import SoCoDatasetMapper  # noqa: E402
 from soco_d2.modeling import momentum_at  # noqa: E402
 from soco_d2.solver import build_soco_optimizer  # noqa: E402
 

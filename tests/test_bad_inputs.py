@@ -18,7 +18,7 @@ from PIL import Image
 
 from soco_d2.data.pretrain_datasets import attach_proposals, load_soco_images
 from soco_d2.data.image_list import list_coco_images
-from soco_d2.data.mapper import SoCoDatasetMapper
+from soco_d2.methods.soco.mapper import SoCoDatasetMapper
 from soco_d2.data.sample_stream import SampleStreamDataset
 
 SMALL = dict(view1_size=64, view2_size=64, view3_size=32, num_proposals=2)
@@ -153,7 +153,7 @@ def test_decodable_images_are_mapped(tmp_path, kind):
 def test_unreadable_image_is_skipped_logged_and_counted(tmp_path, kind):
     path = write_unreadable(str(tmp_path), kind)
     mapper = SoCoDatasetMapper(**SMALL)
-    with Records("soco_d2.data.mapper") as log:
+    with Records("soco_d2.methods.soco.mapper") as log:
         assert mapper(rec(path, [[0, 0, 50, 50]]), seed=0) is None
         assert mapper(rec(path, [[0, 0, 50, 50]])) is None
     assert mapper.num_skipped == 2
@@ -169,7 +169,7 @@ def test_stream_replaces_unreadable_images_deterministically(tmp_path):
 
     def run():
         ds = SampleStreamDataset(records, SoCoDatasetMapper(**SMALL), seed=3)
-        with Records("soco_d2.data.mapper") as log:
+        with Records("soco_d2.methods.soco.mapper") as log:
             outs = [ds[k] for k in range(10)]  # two epochs: each bad image comes up twice
         return outs, log.messages, ds.mapper.num_skipped
 
@@ -298,7 +298,7 @@ def test_training_runs_through_a_dataset_full_of_bad_inputs(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with Records("soco_d2.data.mapper") as log:
+        with Records("soco_d2.methods.soco.mapper") as log:
             trainer = SoCoTrainer(setup(Args()))
             trainer.resume_or_load(resume=False)
             trainer.train()

@@ -8,15 +8,9 @@ from detectron2.structures import Boxes
 
 from soco_d2 import add_soco_config
 from soco_d2.data.color_augment import cutout_in_boxes
-from soco_d2.data.mapper import SoCoDatasetMapper
-from soco_d2.data.view_sampling import (
-    assign_levels,
-    clip_boxes,
-    jitter_boxes,
-    random_proposals,
-    random_resized_crop,
-    resize_antialiased,
-)
+from soco_d2.data.box_ops import clip_boxes, jitter_boxes, random_resized_crop, resize_antialiased
+from soco_d2.methods.soco.mapper import SoCoDatasetMapper
+from soco_d2.methods.soco.views import assign_levels, random_proposals
 
 SMALL = dict(view1_size=64, view2_size=64, view3_size=32)
 NO_COLOUR = dict(
@@ -371,7 +365,7 @@ def test_reduced_decode_keeps_geometry(tmp_path, monkeypatch):
     assert mapper._reduce_factor(1040, 800, [((0, 0, 600, 560), 64)]) == 8
     assert mapper._reduce_factor(1040, 800, [((0, 0, 600, 500), 64)]) == 4
     assert mapper._reduce_factor(1040, 800, [((0, 0, 600, 100), 64)]) == 1
-    from soco_d2.data import mapper as mapper_module
+    from soco_d2.methods.soco import mapper as mapper_module
 
     factors = []
     decode = mapper_module.decode_image

@@ -31,8 +31,8 @@ from detectron2.data import DatasetCatalog  # noqa: E402
 from soco_d2 import add_soco_config  # noqa: E402
 from soco_d2.data import load_soco_images, register_datasets_from_cfg  # noqa: E402
 from soco_d2.data.decode import image_header  # noqa: E402
-from soco_d2.data.mapper import SoCoDatasetMapper  # noqa: E402
-from soco_d2.data.view_sampling import random_proposals  # noqa: E402
+from soco_d2.methods.soco.mapper import SoCoDatasetMapper  # noqa: E402
+from soco_d2.methods.soco.views import random_proposals  # noqa: E402
 
 
 def parse_args(argv=None):

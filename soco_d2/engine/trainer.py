@@ -9,7 +9,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..utils.atomic_io import atomic_write_bytes
 from ..config.checks import check_datasets
-from ..data.mapper import SoCoDatasetMapper
+from ..methods.soco.mapper import SoCoDatasetMapper
 from ..data import num_images
 from ..data.sample_stream import DataStream, GlobalSampleStream, SampleStreamDataset, resolve_data_seed
 from ..solver import build_soco_optimizer, resolve_epochs

@@ -51,7 +51,7 @@ class SoCo(nn.Module):
     Module names equal Detectron2's, so ``backbone.*`` and ``roi_heads.box_head.*`` /
     ``roi_heads.res5.*`` load into a stock GeneralizedRCNN without renaming.
 
-    Input: a list of N dicts from the SoCo dataset mapper (format in soco_d2/data/mapper.py): ``views``
+    Input: a list of N dicts from the SoCo dataset mapper (format in soco_d2/methods/soco/mapper.py): ``views``
     (each with uint8 ``image`` (3, S_v, S_v), ``boxes`` (B_v,), ``levels`` (B_v,)) and ``pairs``
     ((a, b, idx_a (K,), idx_b (K,)), ...).
 

@@ -1,20 +1,21 @@
-"""Geometry of SoCo's views (Sec. 2-3): crops, resizing, proposal selection, box maths, levels.
+"""Geometry of views and boxes, shared by the methods' mappers: random resized crops, fast
+antialiased resizing, cutting a view out of a (possibly reduced) decoded image, box jitter,
+mapping, flipping and clipping.
 
 Boxes are float32 numpy arrays (N, 4) in XYXY, continuous pixel coordinates (pixel i spans
 [i, i+1)). A crop is ``(x0, y0, w, h)`` in the pixels of the image it is cut from. Randomness
-comes from numpy's global RNG, which Detectron2 seeds per data-loader worker.
+comes from numpy's global RNG, which Detectron2 seeds per data-loader worker (the training
+loader seeds it per sample, see :mod:`.sample_stream`).
 """
 import math
 from typing import Sequence, Tuple
 
 import cv2
 import numpy as np
-import torch
 
 __all__ = [
     "random_resized_crop",
     "inside_fraction",
-    "select_in_crop",
     "jitter_boxes",
     "trimmed_extent",
     "resize_antialiased",
@@ -22,9 +23,6 @@ __all__ = [
     "crop_resize_boxes",
     "hflip_boxes",
     "clip_boxes",
-    "assign_levels",
-    "canonical_levels",
-    "random_proposals",
 ]
 
 
@@ -70,39 +68,6 @@ def inside_fraction(boxes: np.ndarray, crop: Sequence[float]) -> np.ndarray:
     inter = np.maximum(iw, 0) * np.maximum(ih, 0)
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     return inter / np.maximum(area, 1e-6)
-
-
-def select_in_crop(
-    boxes: np.ndarray,
-    height: int,
-    width: int,
-    k: int,
-    scale: Sequence[float],
-    ratio: Sequence[float],
-    retries: int,
-    min_overlap: float,
-) -> Tuple[Tuple[int, int, int, int], np.ndarray]:
-    """Draw a random resized crop and choose up to ``k`` boxes that overlap it.
-
-    A box overlaps the crop when at least ``min_overlap`` of its area (and more than nothing)
-    falls inside. While fewer than ``k`` boxes overlap, the crop is redrawn up to ``retries``
-    more times and the crop with the most overlapping boxes is kept.
-
-    Returns:
-        ``(crop, chosen)``: the crop and the indices of at most ``k`` boxes, in random order.
-        ``chosen`` is empty when no box overlaps any of the crops tried.
-    """
-    best_crop, best_idx = None, None
-    for _ in range(retries + 1):
-        crop = random_resized_crop(height, width, scale, ratio)
-        frac = inside_fraction(boxes, crop)
-        idx = np.flatnonzero((frac >= min_overlap) & (frac > 0))
-        if best_idx is None or len(idx) > len(best_idx):
-            best_crop, best_idx = crop, idx
-        if len(best_idx) >= k:
-            break
-    chosen = best_idx[np.random.permutation(len(best_idx))[:k]]
-    return best_crop, chosen
 
 
 def _halvings(w: int, h: int, out_w: int, out_h: int) -> int:
@@ -208,54 +173,3 @@ def clip_boxes(boxes: np.ndarray, width: float, height: float, min_size: float =
             a[short], b[short] = start, start + m
         out[:, lo], out[:, hi] = a, b
     return out
-
-
-def assign_levels(boxes_xyxy, thresholds: Sequence[float]):
-    """Scale-aware FPN level of each box (Sec. 3).
-
-    With ``s = sqrt(w * h)`` in the pixels of the view the box lives in and thresholds
-    ``(t0, t1, t2)``: ``s <= t0`` -> 0 (P2), ``t0 < s <= t1`` -> 1 (P3), ``t1 < s <= t2`` -> 2
-    (P4), ``s > t2`` -> 3 (P5). More thresholds give more levels.
-
-    Args:
-        boxes_xyxy: (N, 4) numpy array or torch tensor.
-        thresholds: increasing box sizes, e.g. ``(48, 96, 192)``.
-
-    Returns:
-        int64 level indices (N,), a torch tensor if the input is one, else a numpy array.
-    """
-    is_torch = isinstance(boxes_xyxy, torch.Tensor)
-    b = boxes_xyxy.detach().cpu().numpy() if is_torch else np.asarray(boxes_xyxy)
-    b = b.reshape(-1, 4).astype(np.float64)
-    s = np.sqrt(np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None))
-    levels = np.searchsorted(np.asarray(thresholds, dtype=np.float64), s, side="left")
-    levels = levels.astype(np.int64)
-    return torch.from_numpy(levels) if is_torch else levels
-
-
-def canonical_levels(boxes_xyxy: np.ndarray) -> np.ndarray:
-    """Detectron2's FPN rule (224 px boxes on P4, clamped to P2..P5) as indices 0..3."""
-    from detectron2.modeling.poolers import assign_boxes_to_levels
-    from detectron2.structures import Boxes
-
-    boxes = Boxes(torch.as_tensor(np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4)))
-    # assign_boxes_to_levels already returns the level minus min_level (2), i.e. 0 = P2.
-    return assign_boxes_to_levels([boxes], 2, 5, 224, 4).numpy()
-
-
-def random_proposals(rng: np.random.Generator, width: float, height: float, n: int) -> np.ndarray:
-    """``n`` random XYXY boxes that pass SoCo's proposal filter (sides >= 32 px,
-    1/3 <= w/h <= 3, 0.3 <= sqrt(w*h / (W*H)) <= 0.8): the "random boxes" of the paper's
-    ablation, and stand-in proposals for benchmarks and visualisation. Fewer than ``n`` (maybe
-    none) when the image is too small for the filter."""
-    boxes = []
-    for _ in range(100 * n):
-        if len(boxes) == n:
-            break
-        side = rng.uniform(0.3, 0.8) * math.sqrt(width * height)
-        aspect = math.exp(rng.uniform(math.log(1 / 3), math.log(3)))
-        w, h = side * math.sqrt(aspect), side / math.sqrt(aspect)
-        if 32 <= w <= width and 32 <= h <= height:
-            x, y = rng.uniform(0, width - w), rng.uniform(0, height - h)
-            boxes.append([x, y, x + w, y + h])
-    return np.asarray(boxes, dtype=np.float32).reshape(-1, 4)

@@ -21,12 +21,13 @@ Output of ``SoCoDatasetMapper(cfg)(record)`` (what the SoCo model's forward take
       ],
     }
 
-The loss for a pair is symmetrised inside the model (a->b and b->a). Geometry (crops,
-resizing, boxes, levels) lives in :mod:`.view_sampling`, colour in :mod:`.color_augment`,
-decoding in :mod:`.decode`; this file puts the pieces together.
+The loss for a pair is symmetrised inside the model (a->b and b->a). SoCo's own geometry
+(proposals in a crop, levels) lives in :mod:`.views`; the shared pieces in ``soco_d2/data/``:
+crops, resizing and box maths in ``box_ops.py``, colour in ``color_augment.py``, decoding in
+``decode.py``. This file puts the pieces together.
 
 Randomness: numpy's global RNG, or, when a ``seed`` is passed (the training loader does, see
-:mod:`.sample_stream`), an RNG seeded by it for this one call, so a sample is a pure function of
+``soco_d2/data/sample_stream.py``), an RNG seeded by it for this one call, so a sample is a pure function of
 (record, seed). Unreadable images (0 bytes, truncated, corrupt, missing) are skipped: the
 mapper logs the file and the running count and returns None, and the loader uses another image.
 """
@@ -40,19 +41,17 @@ from detectron2.config import configurable
 from detectron2.structures import Boxes, BoxMode
 from detectron2.utils.file_io import PathManager
 
-from .color_augment import ColorRecipe, apply_color_recipe, cutout_in_boxes
-from .decode import ImageReadError, decode_image, image_header
-from .view_sampling import (
-    assign_levels,
-    canonical_levels,
+from ...data.box_ops import (
     clip_boxes,
     crop_resize_boxes,
     cut_view,
     hflip_boxes,
     jitter_boxes,
     resize_antialiased,
-    select_in_crop,
 )
+from ...data.color_augment import ColorRecipe, apply_color_recipe, cutout_in_boxes
+from ...data.decode import ImageReadError, decode_image, image_header
+from .views import assign_levels, canonical_levels, select_in_crop
 
 __all__ = ["SoCoDatasetMapper"]
 
@@ -297,7 +296,7 @@ class SoCoDatasetMapper:
         props = np.asarray(dataset_dict.get("proposal_boxes", np.zeros((0, 4))), np.float32)
         props = props.reshape(-1, 4)
         # Non-finite boxes can only come from proposal files loaded elsewhere (SoCo's loader
-        # drops and counts them, pretrain_datasets.attach_proposals); their ids are kept unused.
+        # drops and counts them, soco_d2.data.pretrain_datasets.attach_proposals); their ids are kept unused.
         finite = np.isfinite(props).all(axis=1)
         if not finite.all():
             props = np.where(finite[:, None], props, 0.0).astype(np.float32)
