@@ -9,7 +9,7 @@ import pytest
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
-from soco_d2.data import synthetic as syn
+from soco_d2.data.synthetic import dataset as syn
 from soco_d2.data.synthetic import (
     SYNTHETIC_CATEGORIES,
     generate_synthetic_dataset,
