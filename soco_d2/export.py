@@ -1,6 +1,6 @@
 """Hand-off to detection: a SoCo checkpoint -> a Detectron2 weights file of the online trunk.
 
-SoCo's module names are Detectron2's (see :mod:`soco_d2.modeling.meta_arch`), so the online
+SoCo's module names are Detectron2's (see :mod:`soco_d2.methods.soco.meta_arch`), so the online
 trunk loads by name into a stock GeneralizedRCNN and no key is renamed:
 
 - kept: ``backbone.*`` (ResNet + FPN) and ``roi_heads.box_head.*`` (FPN, 4conv1fc) or
@@ -22,7 +22,7 @@ from typing import Dict, Mapping, Tuple, Union
 import torch
 
 from .utils.atomic_io import atomic_write
-from .modeling.meta_arch import ONLINE_TRUNK_PREFIXES
+from .methods.soco.meta_arch import ONLINE_TRUNK_PREFIXES
 
 __all__ = ["AUTHOR", "SOCO_ONLY_PREFIXES", "export_trunk", "load_soco_state_dict", "split_trunk"]
 

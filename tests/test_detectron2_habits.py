@@ -1,7 +1,12 @@
 """Habits Detectron2 users rely on work here too."""
 import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.filterwarnings("ignore:pkg_resources is deprecated:UserWarning")
@@ -11,3 +16,21 @@ def test_model_zoo_works_in_the_shipped_environment():
 
     path = model_zoo.get_config_file("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml")
     assert os.path.isfile(path)
+
+
+def test_importing_the_package_registers_everything():
+    # A fresh interpreter: nothing else imported first (Detectron2 projects register on import).
+    code = textwrap.dedent("""
+        import soco_d2
+        from detectron2.data import DatasetCatalog
+        from detectron2.modeling import META_ARCH_REGISTRY
+
+        print(META_ARCH_REGISTRY.get("SoCo").__module__)
+        print(" ".join(sorted(DatasetCatalog.list())))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
+                         text=True, check=True).stdout.splitlines()
+    assert out[0] == "soco_d2.methods.soco.meta_arch"
+    for name in ("soco_synthetic_train", "soco_synthetic_det_val", "imagenet_train_soco",
+                 "coco_2017_train_soco", "coco_sample_train", "coco_sample_val", "coco_sample_soco"):
+        assert name in out[1].split()

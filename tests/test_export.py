@@ -14,11 +14,11 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.modeling import build_model
 
-import soco_d2.modeling  # noqa: F401  (registers the SoCo meta architecture)
+import soco_d2  # noqa: F401  (registers the SoCo meta architecture)
 from soco_d2 import add_soco_config
 from soco_d2.config import WEIGHTS_PLACEHOLDER, check_weights_set, load_config
 from soco_d2.export import SOCO_ONLY_PREFIXES, export_trunk
-from soco_d2.modeling.meta_arch import ONLINE_TRUNK_PREFIXES
+from soco_d2.methods.soco.meta_arch import ONLINE_TRUNK_PREFIXES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs", "soco")

@@ -11,15 +11,9 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes
 
 from soco_d2 import add_soco_config
-from soco_d2.modeling import (
-    NaiveSyncBatchNorm1d,
-    SoCo,
-    byol_loss,
-    ema_update,
-    get_norm_1d,
-    momentum_at,
-    symmetric_pair_loss,
-)
+from soco_d2.methods.soco import SoCo
+from soco_d2.methods.soco.loss import byol_loss, symmetric_pair_loss
+from soco_d2.modeling import NaiveSyncBatchNorm1d, ema_update, get_norm_1d, momentum_at
 
 FPN_LEVELS = ["p2", "p3", "p4", "p5"]
 
@@ -352,7 +346,7 @@ def test_c4_variant_builds_trains_and_matches_res5_heads():
 
 
 def test_fpn_forward_computes_only_needed_levels_and_matches_fpn():
-    from soco_d2.modeling.fpn_levels import fpn_forward, levels_needed
+    from soco_d2.methods.soco.fpn_levels import fpn_forward, levels_needed
 
     model = tiny_model().eval()
     x = torch.randn(2, 3, 64, 64)

@@ -208,7 +208,7 @@ def _nan_at(monkeypatch, iteration):
     """Make SoCo's training forward return a NaN loss at ``iteration`` (graph kept)."""
     from detectron2.utils.events import get_event_storage
 
-    from soco_d2.modeling.meta_arch import SoCo
+    from soco_d2.methods.soco import SoCo
 
     forward = SoCo.forward
 

@@ -1,4 +1,6 @@
-"""Projector g and predictor q (Sec. 4 of SOCO_SPEC.md): Linear - norm - ReLU - Linear."""
+"""MLP heads of BYOL-style methods, e.g. SoCo's projector g and predictor q (Sec. 4 of
+SOCO_SPEC.md): Linear - norm - ReLU - Linear, with 1d normalisation layers that follow
+Detectron2's norm names."""
 from typing import Callable, Optional, Union
 
 import torch
@@ -6,7 +8,7 @@ from torch import nn
 
 from detectron2.layers import NaiveSyncBatchNorm
 
-__all__ = ["MLPHead", "NaiveSyncBatchNorm1d", "get_norm_1d", "build_projector", "build_predictor"]
+__all__ = ["MLPHead", "NaiveSyncBatchNorm1d", "get_norm_1d"]
 
 
 class NaiveSyncBatchNorm1d(NaiveSyncBatchNorm):
@@ -69,15 +71,3 @@ class MLPHead(nn.Module):
         if self.norm is not None:
             x = self.norm(x)
         return self.fc2(self.relu(x))
-
-
-def build_projector(cfg, in_dim: int) -> MLPHead:
-    """Projector g: box feature (in_dim) -> D."""
-    soco = cfg.MODEL.SOCO
-    return MLPHead(in_dim, soco.PROJECTOR_HIDDEN_DIM, soco.PROJECTOR_DIM, soco.HEAD_NORM)
-
-
-def build_predictor(cfg) -> MLPHead:
-    """Predictor q (online only): D -> D."""
-    soco = cfg.MODEL.SOCO
-    return MLPHead(soco.PROJECTOR_DIM, soco.PREDICTOR_HIDDEN_DIM, soco.PROJECTOR_DIM, soco.HEAD_NORM)

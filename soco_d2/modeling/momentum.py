@@ -1,10 +1,17 @@
-"""Momentum (exponential moving average) target network, Sec. 6 of SOCO_SPEC.md."""
+"""Momentum (exponential moving average) target network, Sec. 6 of SOCO_SPEC.md.
+
+Shared by every method with a BYOL-style target: :class:`MomentumTarget` builds and updates the
+target, :func:`momentum_at` is its schedule (applied after each step by
+``soco_d2.engine.hooks.MomentumUpdateHook``), :func:`ema_update` the update itself.
+"""
+import copy
 import math
+from typing import Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["momentum_at", "ema_update"]
+__all__ = ["MomentumTarget", "momentum_at", "ema_update"]
 
 
 def momentum_at(iteration: int, max_iter: int, base: float) -> float:
@@ -43,3 +50,35 @@ def ema_update(target: nn.Module, online: nn.Module, m: float) -> None:
     assert t_buffers.keys() == o_buffers.keys(), "target and online networks differ"
     for name, t in t_buffers.items():
         t.copy_(o_buffers[name])
+
+
+class MomentumTarget:
+    """Mixin for a model (an ``nn.Module``) with a momentum target network.
+
+    :meth:`init_target`, called in ``__init__`` once the online parts exist, makes ``self.target``
+    an ``nn.ModuleDict`` of deep copies of the named online parts, which never receive a
+    gradient. It is a submodule, so checkpoints carry it (keys ``target.<part>.*``), and it
+    follows the model's train/eval mode. :meth:`update_target` moves it towards the online
+    parts; the trainer calls it after every step with :func:`momentum_at` of the iteration,
+    starting from :attr:`base_momentum`.
+    """
+
+    def init_target(self, parts: Sequence[str], base_momentum: float) -> None:
+        """Copy the online submodules named ``parts`` into ``self.target`` (frozen).
+
+        Args:
+            parts: attribute names of the online parts that have a momentum copy.
+            base_momentum: tau_base, the momentum at the first iteration.
+        """
+        self.target_parts = tuple(parts)
+        self.base_momentum = float(base_momentum)
+        self.target = nn.ModuleDict(
+            {name: copy.deepcopy(getattr(self, name)) for name in self.target_parts}
+        )
+        self.target.requires_grad_(False)
+
+    @torch.no_grad()
+    def update_target(self, m: float) -> None:
+        """target <- m * target + (1 - m) * online (buffers copied); call after each step."""
+        for name in self.target_parts:
+            ema_update(self.target[name], getattr(self, name), m)

@@ -10,7 +10,6 @@ Shape shorthand:
     C    box feature dimension (FC_DIM of the box head; 2048 for the C4 res5 head)
     D    embedding dimension (MODEL.SOCO.PROJECTOR_DIM)
 """
-import copy
 import itertools
 from typing import Dict, List, Sequence, Tuple
 
@@ -22,13 +21,12 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.modeling.backbone import FPN, Backbone
 from detectron2.structures import Boxes, ImageList
 
+from ...modeling import MLPHead, MomentumTarget
+from .box_branch import build_box_branch
 from .fpn_levels import fpn_forward, levels_needed
 from .loss import symmetric_pair_loss
-from .mlp import build_predictor, build_projector
-from .momentum import ema_update
-from .roi_heads import build_box_branch
 
-__all__ = ["SoCo", "ONLINE_TRUNK_PREFIXES"]
+__all__ = ["SoCo", "ONLINE_TRUNK_PREFIXES", "build_projector", "build_predictor"]
 
 # state_dict prefixes of the online detector trunk, i.e. what transfers by name to a stock
 # GeneralizedRCNN (FPN: backbone + box head; C4: backbone + res5). Projector, predictor and
@@ -39,14 +37,27 @@ ONLINE_TRUNK_PREFIXES = ("backbone.", "roi_heads.box_head.", "roi_heads.res5.")
 _TARGET_PARTS = ("backbone", "roi_heads", "projector")
 
 
+def build_projector(cfg, in_dim: int) -> MLPHead:
+    """Projector g: box feature (in_dim) -> D."""
+    soco = cfg.MODEL.SOCO
+    return MLPHead(in_dim, soco.PROJECTOR_HIDDEN_DIM, soco.PROJECTOR_DIM, soco.HEAD_NORM)
+
+
+def build_predictor(cfg) -> MLPHead:
+    """Predictor q (online only): D -> D."""
+    soco = cfg.MODEL.SOCO
+    return MLPHead(soco.PROJECTOR_DIM, soco.PREDICTOR_HIDDEN_DIM, soco.PROJECTOR_DIM, soco.HEAD_NORM)
+
+
 @META_ARCH_REGISTRY.register()
-class SoCo(nn.Module):
+class SoCo(MomentumTarget, nn.Module):
     """
     SoCo pretraining model.
 
     Online network: ``backbone`` (ResNet-FPN or ResNet-C4) -> ``roi_heads`` (RoIAlign + box head
     or res5) -> ``projector`` g -> ``predictor`` q. Target network ``target.{backbone, roi_heads,
-    projector}``: a copy of the online parts updated only by :meth:`update_target`.
+    projector}``: a copy of the online parts updated only by :meth:`update_target`
+    (:class:`soco_d2.modeling.MomentumTarget`).
 
     Module names equal Detectron2's, so ``backbone.*`` and ``roi_heads.box_head.*`` /
     ``roi_heads.res5.*`` load into a stock GeneralizedRCNN without renaming.
@@ -78,6 +89,7 @@ class SoCo(nn.Module):
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
         channels_last: bool = False,
+        momentum: float = 0.99,
     ):
         """
         Args:
@@ -89,6 +101,7 @@ class SoCo(nn.Module):
                 images (cfg.INPUT.FORMAT).
             channels_last: keep conv weights and images in NHWC memory format (same values,
                 faster convolutions with oneDNN on CPU and with tensor cores on GPU).
+            momentum: tau_base of the target's momentum schedule (the trainer applies it).
         """
         super().__init__()
         self.backbone = backbone
@@ -98,10 +111,7 @@ class SoCo(nn.Module):
         # Momentum target: a copy of the online parts at init, no gradients ever. It is a
         # submodule so that checkpoints carry it (keys target.backbone.*, ...), and it follows
         # the model's train/eval mode: in training its BN layers use batch statistics (BYOL).
-        self.target = nn.ModuleDict(
-            {name: copy.deepcopy(getattr(self, name)) for name in _TARGET_PARTS}
-        )
-        self.target.requires_grad_(False)
+        self.init_target(_TARGET_PARTS, momentum)
 
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
@@ -122,6 +132,7 @@ class SoCo(nn.Module):
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "channels_last": cfg.MODEL.SOCO.CHANNELS_LAST,
+            "momentum": cfg.MODEL.SOCO.MOMENTUM,
         }
 
     @property
@@ -132,12 +143,6 @@ class SoCo(nn.Module):
         """The state_dict prefixes of this model's online trunk, for the exporter."""
         keys = self.state_dict().keys()
         return tuple(p for p in ONLINE_TRUNK_PREFIXES if any(k.startswith(p) for k in keys))
-
-    @torch.no_grad()
-    def update_target(self, m: float) -> None:
-        """target <- m * target + (1 - m) * online (buffers copied); call after each step."""
-        for name in _TARGET_PARTS:
-            ema_update(self.target[name], getattr(self, name), m)
 
     # ------------------------------------------------------------------ forward
 
