@@ -1,11 +1,15 @@
 #!/usr/bin/env python
-"""SoCo pretraining inside Detectron2, and fine-tuning of Detectron2 detectors on its weights.
+"""Pretraining inside Detectron2 (every method of soco_d2.methods), and fine-tuning of Detectron2
+detectors on the pretrained weights.
+
+The config's MODEL.META_ARCHITECTURE picks the trainer: a registered pretraining method ("SoCo")
+trains with its own trainer, anything else is a detector fine-tuned with DetectionTrainer.
 
 Pretraining, one machine with 8 GPUs::
 
     python train_net.py --config-file configs/soco/soco_R50_FPN_100ep.yaml --num-gpus 8
 
-Fine-tuning and evaluation (any config whose META_ARCHITECTURE is not "SoCo")::
+Fine-tuning and evaluation (e.g. META_ARCHITECTURE "GeneralizedRCNN")::
 
     python train_net.py --config-file configs/transfer/mask_rcnn_R50_FPN_1x.yaml --num-gpus 8 \
         MODEL.WEIGHTS output/soco_R50_FPN_100ep/model_final_trunk.pth
@@ -26,7 +30,7 @@ from detectron2.utils.logger import setup_logger
 
 from soco_d2.config import add_config, check_weights_set, load_config
 from soco_d2.data import register_datasets_from_cfg
-from soco_d2.engine import DetectionTrainer, SoCoTrainer
+from soco_d2.engine import DetectionTrainer
 from soco_d2.methods import get_method
 
 logger = logging.getLogger("soco_d2")
@@ -54,13 +58,18 @@ def setup(args):
     return cfg
 
 
+def trainer_class(cfg):
+    """The trainer of the config's pretraining method (e.g. SoCoTrainer), or DetectionTrainer
+    for any META_ARCHITECTURE that is not a registered method (a Detectron2 detector)."""
+    method = get_method(cfg.MODEL.META_ARCHITECTURE)
+    return DetectionTrainer if method is None else method.trainer
+
+
 def main(args):
     cfg = setup(args)
-    if cfg.MODEL.META_ARCHITECTURE == "SoCo":
-        Trainer = SoCoTrainer
-    else:  # fine-tuning / evaluating a Detectron2 detector
+    Trainer = trainer_class(cfg)
+    if Trainer is DetectionTrainer:  # fine-tuning / evaluating: refuse placeholder weights
         check_weights_set(cfg, args.config_file)
-        Trainer = DetectionTrainer
     if args.eval_only:
         model = Trainer.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(

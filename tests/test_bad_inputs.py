@@ -270,7 +270,7 @@ def test_duplicate_image_ids_stop_with_the_id(tmp_path):
 def test_training_runs_through_a_dataset_full_of_bad_inputs(tmp_path):
     """Every kind above in one folder + proposal file, 3 SoCo iterations through the trainer."""
     from train_net import setup
-    from soco_d2.engine import SoCoTrainer
+    from soco_d2.methods.soco import SoCoTrainer
 
     folder = tmp_path / "imgs"
     folder.mkdir()

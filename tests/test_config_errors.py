@@ -66,7 +66,7 @@ def test_valid_edge_values_pass(tmp_path):
 
 
 def _trainer_fails_before_the_model(cfg, monkeypatch):
-    from soco_d2.engine import SoCoTrainer
+    from soco_d2.methods.soco import SoCoTrainer
 
     def no_model(cls, cfg):
         raise AssertionError("the model was built before the data was checked")

@@ -34,3 +34,23 @@ def test_importing_the_package_registers_everything():
     for name in ("soco_synthetic_train", "soco_synthetic_det_val", "imagenet_train_soco",
                  "coco_2017_train_soco", "coco_sample_train", "coco_sample_val", "coco_sample_soco"):
         assert name in out[1].split()
+
+
+def test_method_registry_and_trainer_choice():
+    from detectron2.config import get_cfg
+
+    from soco_d2.config import add_config
+    from soco_d2.engine import DetectionTrainer
+    from soco_d2.methods import get_method, registered_methods
+    from soco_d2.methods.soco import SoCoTrainer, add_soco_config, validate_soco_config
+    from train_net import trainer_class
+
+    soco = get_method("SoCo")
+    assert soco in registered_methods() and get_method("GeneralizedRCNN") is None
+    assert (soco.trainer, soco.add_config, soco.validate_config) == (
+        SoCoTrainer, add_soco_config, validate_soco_config)
+    cfg = add_config(get_cfg())
+    cfg.MODEL.META_ARCHITECTURE = "SoCo"
+    assert trainer_class(cfg) is SoCoTrainer
+    cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+    assert trainer_class(cfg) is DetectionTrainer

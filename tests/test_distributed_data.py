@@ -117,7 +117,7 @@ class _RecordingLoader:
 def _train_and_record(opts, resume, dump_dir):
     from detectron2.utils import comm
 
-    from soco_d2.engine import SoCoTrainer
+    from soco_d2.methods.soco import SoCoTrainer
     from train_net import setup
 
     threads = torch.get_num_threads()

@@ -41,7 +41,7 @@ _KILLED_RUN = textwrap.dedent("""
     sys.path.insert(0, {repo!r})
     from detectron2.engine import HookBase
     import train_net
-    from soco_d2.engine import SoCoTrainer
+    from soco_d2.methods.soco import SoCoTrainer
 
     class KillHook(HookBase):
         def after_step(self):
@@ -224,7 +224,7 @@ def _nan_at(monkeypatch, iteration):
 def test_non_finite_loss_stops_with_iteration_and_terms(
     tiny_images, tmp_path, monkeypatch, one_thread
 ):
-    from soco_d2.engine import SoCoTrainer
+    from soco_d2.methods.soco import SoCoTrainer
     from soco_d2.engine.checkpoint import AtomicDetectionCheckpointer
     from train_net import main, setup
 

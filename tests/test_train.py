@@ -29,7 +29,7 @@ def _train_and_dump(opts, dump_dir):
     # Runs in each launched process: train, then write this rank's full state.
     from detectron2.utils import comm
 
-    from soco_d2.engine import SoCoTrainer
+    from soco_d2.methods.soco import SoCoTrainer
     from train_net import setup
 
     torch.set_num_threads(1)

@@ -1,4 +1,6 @@
+"""Training every method shares: PretrainTrainer and its hooks, DDP on CPU processes, atomic
+checkpoints, and DetectionTrainer for fine-tuning detectors on the exported weights."""
 from .detection import DetectionTrainer, build_detection_evaluator
 from .export_hook import ExportTrunkHook
 from .hooks import MomentumUpdateHook
-from .trainer import SoCoTrainer, build_soco_train_loader
+from .trainer import PretrainTrainer

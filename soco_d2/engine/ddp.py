@@ -1,4 +1,4 @@
-"""What SoCo's trainers share with DefaultTrainer.__init__, made to work on CPU processes too.
+"""What the trainers share with DefaultTrainer.__init__, made to work on CPU processes too.
 
 Detectron2's ``create_ddp_model`` always passes ``device_ids=[local_rank]``, which
 DistributedDataParallel rejects for a model on the CPU (several CPU processes talking over

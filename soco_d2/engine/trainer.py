@@ -1,65 +1,31 @@
-"""Detectron2 trainer for SoCo pretraining: three-view loader, LARS, momentum target."""
+"""PretrainTrainer: Detectron2's DefaultTrainer for label-free pretraining, shared by all methods.
+
+A method's trainer (e.g. ``soco_d2/methods/soco/trainer.py``) subclasses it and overrides only
+what differs, at least :meth:`PretrainTrainer.build_mapper`.
+"""
 import logging
 import os
 
-from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.engine import DefaultTrainer
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..utils.atomic_io import atomic_write_bytes
 from ..config.checks import check_datasets
-from ..methods.soco.mapper import SoCoDatasetMapper
 from ..data import num_images
-from ..data.sample_stream import DataStream, GlobalSampleStream, SampleStreamDataset, resolve_data_seed
+from ..data.loader import build_pretrain_loader, data_stream_of
 from ..solver import build_soco_optimizer, resolve_epochs
+from ..utils.atomic_io import atomic_write_bytes
 from .ddp import finish_trainer_init
 from .export_hook import ExportTrunkHook
 from .hooks import MomentumUpdateHook
 
+__all__ = ["PretrainTrainer"]
+
 logger = logging.getLogger(__name__)
 
 
-def build_soco_train_loader(cfg, seed=None):
-    """Pretraining loader: records of DATASETS.TRAIN mapped to views by SoCoDatasetMapper.
-
-    The data is a pure function of (seed, global sample number), see
-    :mod:`soco_d2.data.sample_stream`: iteration i holds samples [i*B, (i+1)*B) of SOLVER.IMS_PER_BATCH
-    B, split over the processes, whatever their number and DATALOADER.NUM_WORKERS. Records need
-    no annotations and no image size, so empty-annotation filtering and aspect ratio grouping
-    (Detectron2 defaults meant for detection) are off.
-
-    Args:
-        seed: the stream's seed; default :func:`resolve_data_seed` of cfg.SEED.
-
-    Returns:
-        Detectron2's batched loader; :func:`data_stream_of` gives its :class:`DataStream`.
-    """
-    records = get_detection_dataset_dicts(
-        cfg.DATASETS.TRAIN,
-        filter_empty=False,
-        proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
-    )
-    seed = resolve_data_seed(cfg.SEED) if seed is None else seed
-    dataset = SampleStreamDataset(records, SoCoDatasetMapper(cfg, is_train=True), seed)
-    return build_detection_train_loader(
-        dataset=dataset,
-        sampler=GlobalSampleStream(cfg.SOLVER.IMS_PER_BATCH),
-        mapper=None,  # SampleStreamDataset maps, with the per-sample seed
-        total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
-        aspect_ratio_grouping=False,
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
-    )
-
-
-def data_stream_of(data_loader) -> DataStream:
-    """The :class:`DataStream` of a loader from :func:`build_soco_train_loader`."""
-    iterable = data_loader.dataset  # Detectron2's ToIterableDataset(dataset, sampler)
-    return DataStream(iterable.dataset, iterable.sampler)
-
-
-class SoCoTrainer(DefaultTrainer):
-    """DefaultTrainer with SoCo's loader, optimizer and momentum hook.
+class PretrainTrainer(DefaultTrainer):
+    """DefaultTrainer with the pretraining loader, LARS, the momentum hook and the trunk export.
 
     ``__init__`` is Detectron2's, with these differences: the training data is checked to
     exist first, SOLVER.EPOCHS is turned into iterations from the size of DATASETS.TRAIN,
@@ -68,9 +34,15 @@ class SoCoTrainer(DefaultTrainer):
 
     Resuming is exact: checkpoints are written atomically and carry, besides model (online
     and target), optimizer (LARS buffers), LR scheduler and iteration, the data stream's seed;
-    :meth:`resume_or_load` positions the stream at the resumed iteration. The momentum
-    schedule is a function of the iteration only.
+    :meth:`resume_or_load` positions the stream at the resumed iteration. A model with a
+    momentum target (``update_target``, see :class:`soco_d2.modeling.MomentumTarget`) gets
+    :class:`MomentumUpdateHook`, whose schedule is a function of the iteration only.
+
+    Subclasses define :meth:`build_mapper` and may set :attr:`ddp_kwargs`.
     """
+
+    #: Extra DistributedDataParallel arguments of the method (e.g. find_unused_parameters).
+    ddp_kwargs: dict = {}
 
     def __init__(self, cfg):
         # DefaultTrainer.__init__ is skipped on purpose; TrainerBase's is what it calls first.
@@ -94,14 +66,16 @@ class SoCoTrainer(DefaultTrainer):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         self.data_stream = data_stream_of(data_loader)
+        finish_trainer_init(self, cfg, model, optimizer, data_loader, **self.ddp_kwargs)
 
-        # find_unused_parameters: the FPN levels computed change from step to step (only
-        # levels some box is assigned to run, see modeling/fpn_levels.py).
-        finish_trainer_init(self, cfg, model, optimizer, data_loader, find_unused_parameters=True)
+    @classmethod
+    def build_mapper(cls, cfg):
+        """The method's dataset mapper: ``mapper(record, seed=words) -> dict or None``."""
+        raise NotImplementedError(f"{cls.__name__} must define build_mapper(cfg)")
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_soco_train_loader(cfg)
+        return build_pretrain_loader(cfg, cls.build_mapper(cfg))
 
     def resume_or_load(self, resume=True):
         """DefaultTrainer's, then the data stream continues at ``start_iter``."""
@@ -126,9 +100,12 @@ class SoCoTrainer(DefaultTrainer):
 
     def build_hooks(self):
         ret = super().build_hooks()
-        # Right after the LR scheduler hook, before the checkpointer, so a checkpoint taken
-        # after step k holds the target that step k+1 will use.
-        ret.insert(2, MomentumUpdateHook(self.cfg.MODEL.SOCO.MOMENTUM))
+        model = getattr(self.model, "module", self.model)  # unwrap DistributedDataParallel
+        if hasattr(model, "update_target"):
+            # Right after the LR scheduler hook, before the checkpointer, so a checkpoint taken
+            # after step k holds the target that step k+1 will use.
+            name = f"{self.cfg.MODEL.META_ARCHITECTURE.lower()}/momentum"
+            ret.insert(2, MomentumUpdateHook(model.base_momentum, name))
         # model_final_trunk.pth: the online trunk as Detectron2 weights, when training ends.
         ret.append(ExportTrunkHook(self.cfg.OUTPUT_DIR))
         return ret

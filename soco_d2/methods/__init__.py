@@ -19,11 +19,13 @@ class PretrainMethod:
         name: its MODEL.META_ARCHITECTURE (the class registered in META_ARCH_REGISTRY).
         add_config: ``cfg -> cfg``, adds its keys (and the shared ones) to a config.
         validate_config: ``cfg -> None``, raises ``ConfigError`` naming every wrong value.
+        trainer: its trainer, a ``soco_d2.engine.PretrainTrainer`` subclass.
     """
 
     name: str
     add_config: Callable
     validate_config: Callable
+    trainer: type
 
 
 _METHODS: Dict[str, PretrainMethod] = {}

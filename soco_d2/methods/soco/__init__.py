@@ -2,15 +2,17 @@
 
 Read top to bottom: ``config.py`` (its keys and their checks), ``views.py`` and ``mapper.py``
 (the views and matched proposals), ``box_branch.py``, ``fpn_levels.py``, ``loss.py`` and
-``meta_arch.py`` (the model).
+``meta_arch.py`` (the model), ``trainer.py``.
 """
 from .. import PretrainMethod, register_method
 from .config import add_soco_config, validate_soco_config
 from .mapper import SoCoDatasetMapper
 from .meta_arch import SoCo  # noqa: F401  (registers "SoCo" in Detectron2's META_ARCH_REGISTRY)
+from .trainer import SoCoTrainer
 
 register_method(PretrainMethod(
     name="SoCo",
     add_config=add_soco_config,
     validate_config=validate_soco_config,
+    trainer=SoCoTrainer,
 ))
