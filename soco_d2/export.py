@@ -1,11 +1,12 @@
-"""Hand-off to detection: a SoCo checkpoint -> a Detectron2 weights file of the online trunk.
+"""Hand-off to detection: a pretraining checkpoint -> Detectron2 weights of the trunk it trained.
 
-SoCo's module names are Detectron2's (see :mod:`soco_d2.methods.soco.meta_arch`), so the online
-trunk loads by name into a stock GeneralizedRCNN and no key is renamed:
-
-- kept: ``backbone.*`` (ResNet + FPN) and ``roi_heads.box_head.*`` (FPN, 4conv1fc) or
-  ``roi_heads.res5.*`` (C4), i.e. :data:`ONLINE_TRUNK_PREFIXES`;
-- dropped: ``projector.*``, ``predictor.*`` and the momentum target ``target.*``.
+One exporter for every method. Each method declares, in its folder, what it hands over (an
+:class:`ExportSpec`, e.g. ``soco_d2/methods/soco/export.py``): the state_dict prefixes of the
+trunk that is kept, the prefixes of its pretraining-only parts (they mark a checkpoint as that
+method's and are dropped, as is everything else outside the trunk), and renames for names that
+differ from Detectron2's. :func:`export_trunk` applies a declaration, or finds it from the
+checkpoint's keys among the registered methods; the export hook
+(``soco_d2.engine.hooks.ExportTrunkHook``) and ``tools/convert_to_d2.py`` both call it.
 
 The output is ``{"model": {name: tensor}, "__author__": "soco_d2", "matching_heuristics":
 False}`` written with ``torch.save`` to a ``.pth`` file, which ``DetectionCheckpointer`` (and so
@@ -17,24 +18,47 @@ bools but not numpy arrays, and tensors keep their dtypes (``num_batches_tracked
 import logging
 import os
 from collections import OrderedDict
-from typing import Dict, Mapping, Tuple, Union
+from dataclasses import dataclass
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
+from .methods import registered_methods
 from .utils.atomic_io import atomic_write
-from .methods.soco.meta_arch import ONLINE_TRUNK_PREFIXES
 
-__all__ = ["AUTHOR", "SOCO_ONLY_PREFIXES", "export_trunk", "load_soco_state_dict", "split_trunk"]
+__all__ = ["AUTHOR", "ExportSpec", "find_export_spec", "export_trunk", "read_state_dict", "split_trunk"]
 
 logger = logging.getLogger(__name__)
 
 AUTHOR = "soco_d2"
 
-# Pretraining-only parts of a SoCo model: they exist in no detector.
-SOCO_ONLY_PREFIXES = ("projector.", "predictor.", "target.")
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """What a pretraining method hands to a detector.
+
+    Attributes:
+        method: the method's name (its MODEL.META_ARCHITECTURE).
+        keep: state_dict prefixes of the trunk, exported (e.g. ``"backbone."``).
+        marks: prefixes of parts only this method's checkpoints have (pretraining-only,
+            dropped); a checkpoint with a key starting with one of them is this method's.
+        renames: ``(old prefix, new prefix)`` pairs applied to kept keys, first match wins;
+            empty when the names are already Detectron2's.
+    """
+
+    method: str
+    keep: Tuple[str, ...]
+    marks: Tuple[str, ...]
+    renames: Tuple[Tuple[str, str], ...] = ()
+
+    def rename(self, key: str) -> str:
+        for old, new in self.renames:
+            if key.startswith(old):
+                return new + key[len(old):]
+        return key
 
 
-def load_soco_state_dict(path: str) -> Dict[str, torch.Tensor]:
+def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     """The model state_dict of a checkpoint file (``{"model": ...}`` or a bare state_dict).
 
     Raises:
@@ -42,7 +66,7 @@ def load_soco_state_dict(path: str) -> Dict[str, torch.Tensor]:
         ValueError: the file holds no state_dict.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"SoCo checkpoint not found: {path}")
+        raise FileNotFoundError(f"Pretraining checkpoint not found: {path}")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, Mapping) else None
     if not isinstance(state, Mapping) or not all(torch.is_tensor(v) for v in state.values()):
@@ -53,71 +77,107 @@ def load_soco_state_dict(path: str) -> Dict[str, torch.Tensor]:
     return state
 
 
+def _strip_ddp(state_dict: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+    """Without the ``module.`` prefix that every key has in a state_dict taken from DDP."""
+    if state_dict and all(k.startswith("module.") for k in state_dict):
+        return OrderedDict((k[len("module."):], v) for k, v in state_dict.items())
+    return state_dict
+
+
+def _parts(keys) -> list:
+    return sorted({k.split(".")[0] for k in keys})
+
+
+def find_export_spec(
+    keys: Sequence[str], source: str = "<state_dict>", specs: Optional[Sequence[ExportSpec]] = None
+) -> ExportSpec:
+    """The declaration whose ``marks`` the keys carry (default: every registered method's).
+
+    Raises:
+        ValueError: no declaration matches; the message names ``source``, each method and the
+            prefixes that would mark it.
+    """
+    if specs is None:
+        specs = [m.export for m in registered_methods()]
+    for spec in specs:
+        if any(k.startswith(spec.marks) for k in keys):
+            return spec
+    names = " or ".join(s.method for s in specs)
+    marks = "; ".join(", ".join(p + "*" for p in s.marks) for s in specs)
+    archs = " or ".join(repr(s.method) for s in specs)
+    raise ValueError(
+        f"{source} is not a {names} checkpoint: it has no {marks} keys (its top-level parts: "
+        f"{_parts(keys) or 'none'}). Expected the model_final.pth (or model_XXXXXXX.pth) of a "
+        f"{names} pretraining run (MODEL.META_ARCHITECTURE {archs})."
+    )
+
+
 def _group(key: str) -> str:
-    """Name of the part a dropped key belongs to: 'projector', 'target.backbone', ..."""
+    """Name of the part a dropped key belongs to: 'projector', 'target.backbone', ... (the
+    momentum target, soco_d2.modeling.MomentumTarget, is counted per part)."""
     parts = key.split(".")
     return ".".join(parts[:2]) if parts[0] == "target" else parts[0]
 
 
 def split_trunk(
-    state_dict: Mapping[str, torch.Tensor], source: str = "<state_dict>"
-) -> Tuple["OrderedDict[str, torch.Tensor]", Dict[str, int]]:
-    """Online trunk of a SoCo state_dict, and the counts of the keys left out per part.
+    state_dict: Mapping[str, torch.Tensor], spec: ExportSpec, source: str = "<state_dict>"
+) -> Tuple["OrderedDict[str, torch.Tensor]", Dict[str, int], Dict[str, str]]:
+    """The trunk of a pretraining state_dict by ``spec``, and what was left out.
 
     A ``module.`` prefix on every key (a state_dict taken from a DDP wrapper) is removed.
 
     Returns:
-        (trunk, dropped): trunk maps kept names (unchanged) to tensors; dropped maps a part
-        name ("projector", "predictor", "target.backbone", ...) to its number of keys.
+        (trunk, dropped, names): trunk maps the exported (renamed) names to tensors; dropped
+        maps a part name ("projector", "predictor", "target.backbone", ...) to its number of
+        keys; names maps each kept key to its exported name.
 
     Raises:
-        ValueError: not a SoCo state_dict (no projector/predictor/target keys), or no online
-            trunk keys; the message names ``source`` and the expected prefixes.
+        ValueError: the state_dict has none of ``spec.marks`` or no trunk key; the message
+            names ``source`` and the expected prefixes.
     """
+    state_dict = _strip_ddp(state_dict)
     keys = list(state_dict.keys())
-    if keys and all(k.startswith("module.") for k in keys):
-        state_dict = OrderedDict((k[len("module."):], v) for k, v in state_dict.items())
-        keys = list(state_dict.keys())
-    groups = sorted({k.split(".")[0] for k in keys})
-    if not any(k.startswith(SOCO_ONLY_PREFIXES) for k in keys):
-        raise ValueError(
-            f"{source} is not a SoCo checkpoint: it has no {', '.join(p + '*' for p in SOCO_ONLY_PREFIXES)} "
-            f"keys (its top-level parts: {groups or 'none'}). Expected the model_final.pth (or "
-            "model_XXXXXXX.pth) of a SoCo pretraining run (MODEL.META_ARCHITECTURE 'SoCo')."
-        )
-    trunk = OrderedDict((k, v) for k, v in state_dict.items() if k.startswith(ONLINE_TRUNK_PREFIXES))
-    if not trunk:
+    find_export_spec(keys, source, [spec])  # raises if it is not this method's
+    names = OrderedDict((k, spec.rename(k)) for k in keys if k.startswith(spec.keep))
+    if not names:
         raise ValueError(
             f"{source} has no online trunk: expected keys starting with "
-            f"{', '.join(ONLINE_TRUNK_PREFIXES)} (its top-level parts: {groups})."
+            f"{', '.join(spec.keep)} (its top-level parts: {_parts(keys)})."
         )
+    trunk = OrderedDict((new, state_dict[old]) for old, new in names.items())
     dropped: Dict[str, int] = {}
     for k in keys:
-        if k not in trunk:
+        if k not in names:
             dropped[_group(k)] = dropped.get(_group(k), 0) + 1
-    return trunk, dropped
+    return trunk, dropped, dict(names)
 
 
 def export_trunk(
-    src: Union[str, Mapping[str, torch.Tensor]], dst: str, *, verbose: bool = True
+    src: Union[str, Mapping[str, torch.Tensor]],
+    dst: str,
+    spec: Optional[ExportSpec] = None,
+    *,
+    verbose: bool = True,
 ) -> dict:
-    """Write the online trunk of a SoCo model as Detectron2 weights (see the module docstring).
+    """Write the trunk of a pretraining model as Detectron2 weights (see the module docstring).
 
     Args:
-        src: path of a SoCo training checkpoint (``model_final.pth``), or a checkpoint dict
+        src: path of a pretraining checkpoint (``model_final.pth``), or a checkpoint dict
             (``{"model": state_dict, ...}``), or a state_dict.
         dst: output ``.pth`` file, for ``MODEL.WEIGHTS``; written atomically.
+        spec: the method's declaration; None: found from the keys (:func:`find_export_spec`).
         verbose: log every ``old -> new`` key at INFO (else at DEBUG).
 
     Returns:
-        dict with ``source``, ``output``, ``kept`` (number of keys), ``kept_keys``,
-        ``dropped`` ({part: number of keys}), ``renamed`` (0: names are kept) and
-        ``num_parameters`` (elements in the kept tensors).
+        dict with ``source``, ``output``, ``method``, ``kept`` (number of keys),
+        ``kept_keys``, ``dropped`` ({part: number of keys}), ``renamed`` (number of keys whose
+        name changed) and ``num_parameters`` (elements in the kept tensors).
 
     Raises:
         FileNotFoundError: ``src`` is a path that does not exist.
-        ValueError: ``src`` is not a SoCo checkpoint, or ``dst`` is ``src`` or ends in
-            ``.pkl`` (DetectionCheckpointer reads those with pickle, not torch.load).
+        ValueError: ``src`` is not a checkpoint of the method (of any registered method when
+            ``spec`` is None), or ``dst`` is ``src`` or ends in ``.pkl`` (DetectionCheckpointer
+            reads those with pickle, not torch.load).
     """
     if str(dst).endswith(".pkl"):
         raise ValueError(
@@ -128,19 +188,23 @@ def export_trunk(
         source = os.fspath(src)
         if os.path.exists(dst) and os.path.exists(source) and os.path.samefile(source, dst):
             raise ValueError(f"Output {dst} is the input checkpoint; choose another file name")
-        state = load_soco_state_dict(source)
+        state = read_state_dict(source)
     else:
         source = "<in-memory state_dict>"
         state = src.get("model", src) if isinstance(src.get("model", None), Mapping) else src
+    if spec is None:
+        spec = find_export_spec(list(_strip_ddp(state)), source)
 
-    trunk, dropped = split_trunk(state, source)
+    trunk, dropped, names = split_trunk(state, spec, source)
+    renamed = sum(old != new for old, new in names.items())
     log_key = logger.info if verbose else logger.debug
-    logger.info(
-        f"Exporting the SoCo online trunk of {source}: {len(trunk)} keys. Names are already "
-        "Detectron2's (GeneralizedRCNN), so every key keeps its name:"
+    how = (
+        f"{renamed} keys are renamed to Detectron2's names" if renamed else
+        "Names are already Detectron2's (GeneralizedRCNN), so every key keeps its name"
     )
-    for k in trunk:
-        log_key(f"  {k} -> {k}")
+    logger.info(f"Exporting the {spec.method} online trunk of {source}: {len(trunk)} keys. {how}:")
+    for old, new in names.items():
+        log_key(f"  {old} -> {new}")
     for part, n in sorted(dropped.items()):
         logger.info(f"Dropped {part}.*: {n} keys")
 
@@ -150,10 +214,11 @@ def export_trunk(
     summary = {
         "source": source,
         "output": os.fspath(dst),
+        "method": spec.method,
         "kept": len(weights),
         "kept_keys": list(weights),
         "dropped": dict(sorted(dropped.items())),
-        "renamed": 0,
+        "renamed": renamed,
         "num_parameters": int(sum(v.numel() for v in weights.values())),
     }
     logger.info(

@@ -43,12 +43,16 @@ def test_method_registry_and_trainer_choice():
     from soco_d2.engine import DetectionTrainer
     from soco_d2.methods import get_method, registered_methods
     from soco_d2.methods.soco import SoCoTrainer, add_soco_config, validate_soco_config
+    from soco_d2.methods.soco.export import ONLINE_TRUNK_PREFIXES, SOCO_EXPORT, SOCO_ONLY_PREFIXES
     from train_net import trainer_class
 
     soco = get_method("SoCo")
     assert soco in registered_methods() and get_method("GeneralizedRCNN") is None
     assert (soco.trainer, soco.add_config, soco.validate_config) == (
         SoCoTrainer, add_soco_config, validate_soco_config)
+    assert soco.export is SOCO_EXPORT and SOCO_EXPORT.method == "SoCo"
+    assert (SOCO_EXPORT.keep, SOCO_EXPORT.marks, SOCO_EXPORT.renames) == (
+        ONLINE_TRUNK_PREFIXES, SOCO_ONLY_PREFIXES, ())
     cfg = add_config(get_cfg())
     cfg.MODEL.META_ARCHITECTURE = "SoCo"
     assert trainer_class(cfg) is SoCoTrainer

@@ -17,8 +17,8 @@ from detectron2.modeling import build_model
 import soco_d2  # noqa: F401  (registers the SoCo meta architecture)
 from soco_d2 import add_soco_config
 from soco_d2.config import WEIGHTS_PLACEHOLDER, check_weights_set, load_config
-from soco_d2.export import SOCO_ONLY_PREFIXES, export_trunk
-from soco_d2.methods.soco.meta_arch import ONLINE_TRUNK_PREFIXES
+from soco_d2.export import export_trunk
+from soco_d2.methods.soco.export import ONLINE_TRUNK_PREFIXES, SOCO_ONLY_PREFIXES
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs", "soco")
@@ -135,7 +135,7 @@ def tiny_state():
 
 
 def test_converter_cli_and_clear_errors(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("convert_soco_to_d2", os.path.join(REPO, "tools", "convert_soco_to_d2.py"))
+    spec = importlib.util.spec_from_file_location("convert_to_d2", os.path.join(REPO, "tools", "convert_to_d2.py"))
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
     main = cli.main
@@ -162,8 +162,28 @@ def test_converter_cli_and_clear_errors(tmp_path, capsys):
         export_trunk(str(src), str(tmp_path / "trunk.pkl"))
 
 
+def test_converter_method_flag_and_renames(tmp_path, capsys):
+    from soco_d2.export import ExportSpec
+
+    spec = importlib.util.spec_from_file_location("convert_to_d2", os.path.join(REPO, "tools", "convert_to_d2.py"))
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    src, dst = tmp_path / "model_final.pth", tmp_path / "trunk.pth"
+    torch.save({"model": tiny_state()}, src)
+    assert cli.main([str(src), str(dst), "--method", "SoCo"]) == 0
+    with pytest.raises(SystemExit):  # not a registered method
+        cli.main([str(src), str(dst), "--method", "NoSuchMethod"])
+    # A method whose names differ from Detectron2's declares renames; marks pick the method.
+    other = ExportSpec(method="Other", keep=("encoder.",), marks=("head.",), renames=(("encoder.", "backbone."),))
+    summary = export_trunk({"encoder.w": torch.ones(1), "head.w": torch.ones(1)}, str(dst), other)
+    assert summary["renamed"] == 1 and summary["method"] == "Other"
+    assert set(torch.load(dst, weights_only=True)["model"]) == {"backbone.w"}
+    with pytest.raises(ValueError, match="is not a Other checkpoint"):
+        export_trunk(str(src), str(dst), other)
+
+
 def test_export_hook_writes_trunk_after_the_last_iteration(tmp_path):
-    from soco_d2.engine.export_hook import ExportTrunkHook
+    from soco_d2.engine.hooks import ExportTrunkHook
 
     model = types.SimpleNamespace(state_dict=tiny_state)
     ddp = types.SimpleNamespace(module=model)  # the hook unwraps DistributedDataParallel

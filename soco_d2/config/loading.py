@@ -147,7 +147,7 @@ def check_weights_set(cfg: CfgNode, config_file: str = "") -> None:
     source = f"config file {config_file}" if config_file else "the config file"
     raise ValueError(
         f"MODEL.WEIGHTS is still the placeholder '{WEIGHTS_PLACEHOLDER}' from {source}. "
-        "Export the SoCo trunk (python tools/convert_soco_to_d2.py model_final.pth "
+        "Export the SoCo trunk (python tools/convert_to_d2.py model_final.pth "
         "soco_trunk.pth, or use OUTPUT_DIR/model_final_trunk.pth of the pretraining run) and "
         "pass `MODEL.WEIGHTS /path/to/soco_trunk.pth` on the command line "
         "(`MODEL.WEIGHTS \"\"` trains from random init)."

@@ -15,9 +15,9 @@ from ..data import num_images
 from ..data.loader import build_pretrain_loader, data_stream_of
 from ..solver import build_soco_optimizer, resolve_epochs
 from ..utils.atomic_io import atomic_write_bytes
+from ..methods import get_method
 from .ddp import finish_trainer_init
-from .export_hook import ExportTrunkHook
-from .hooks import MomentumUpdateHook
+from .hooks import ExportTrunkHook, MomentumUpdateHook
 
 __all__ = ["PretrainTrainer"]
 
@@ -106,8 +106,10 @@ class PretrainTrainer(DefaultTrainer):
             # after step k holds the target that step k+1 will use.
             name = f"{self.cfg.MODEL.META_ARCHITECTURE.lower()}/momentum"
             ret.insert(2, MomentumUpdateHook(model.base_momentum, name))
-        # model_final_trunk.pth: the online trunk as Detectron2 weights, when training ends.
-        ret.append(ExportTrunkHook(self.cfg.OUTPUT_DIR))
+        # model_final_trunk.pth: the trunk as Detectron2 weights, when training ends, as the
+        # method declares it (soco_d2/methods/<method>/export.py).
+        method = get_method(self.cfg.MODEL.META_ARCHITECTURE)
+        ret.append(ExportTrunkHook(self.cfg.OUTPUT_DIR, spec=method and method.export))
         return ret
 
     @classmethod

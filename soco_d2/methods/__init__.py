@@ -6,7 +6,11 @@ A method's folder (``soco_d2/methods/soco/`` ...) registers it on import with
 registered is a Detectron2 detector to fine-tune or evaluate.
 """
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Type
+
+if TYPE_CHECKING:  # both import this module
+    from ..engine.trainer import PretrainTrainer
+    from ..export import ExportSpec
 
 __all__ = ["PretrainMethod", "register_method", "get_method", "registered_methods"]
 
@@ -20,12 +24,14 @@ class PretrainMethod:
         add_config: ``cfg -> cfg``, adds its keys (and the shared ones) to a config.
         validate_config: ``cfg -> None``, raises ``ConfigError`` naming every wrong value.
         trainer: its trainer, a ``soco_d2.engine.PretrainTrainer`` subclass.
+        export: its ``soco_d2.export.ExportSpec``: what it hands to a detector.
     """
 
     name: str
     add_config: Callable
     validate_config: Callable
-    trainer: type
+    trainer: Type["PretrainTrainer"]
+    export: "ExportSpec"
 
 
 _METHODS: Dict[str, PretrainMethod] = {}

@@ -2,10 +2,11 @@
 
 Read top to bottom: ``config.py`` (its keys and their checks), ``views.py`` and ``mapper.py``
 (the views and matched proposals), ``box_branch.py``, ``fpn_levels.py``, ``loss.py`` and
-``meta_arch.py`` (the model), ``trainer.py``.
+``meta_arch.py`` (the model), ``trainer.py``, ``export.py`` (what it hands to a detector).
 """
 from .. import PretrainMethod, register_method
 from .config import add_soco_config, validate_soco_config
+from .export import SOCO_EXPORT
 from .mapper import SoCoDatasetMapper
 from .meta_arch import SoCo  # noqa: F401  (registers "SoCo" in Detectron2's META_ARCH_REGISTRY)
 from .trainer import SoCoTrainer
@@ -15,4 +16,5 @@ register_method(PretrainMethod(
     add_config=add_soco_config,
     validate_config=validate_soco_config,
     trainer=SoCoTrainer,
+    export=SOCO_EXPORT,
 ))

@@ -1,0 +1,56 @@
+#!/usr/bin/env python
+"""Convert a pretraining checkpoint into Detectron2 weights for fine-tuning, for every method.
+
+Keeps the trunk the method declares (soco_d2/methods/<method>/export.py; for SoCo: backbone +
+FPN + box head, or backbone + res5 for C4), drops its pretraining-only parts (for SoCo: the
+projector, the predictor and the momentum target), and prints ``old -> new`` for every key
+kept (SoCo's names are already Detectron2's). The method is found from the checkpoint's keys;
+``--method`` names it. Example (from the repository root)::
+
+    python tools/convert_to_d2.py output/soco_R50_FPN_100ep/model_final.pth soco_R50_FPN_100ep.pth
+    python train_net.py --config-file configs/transfer/mask_rcnn_R50_FPN_1x.yaml --num-gpus 8 \\
+        MODEL.WEIGHTS soco_R50_FPN_100ep.pth
+
+Exit status: 0 on success, 1 if the input is missing or not a checkpoint of the method.
+"""
+import argparse
+import os
+import sys
+
+try:
+    import soco_d2  # noqa: F401
+except ImportError:  # running from a checkout without `pip install -e .`
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from soco_d2.export import export_trunk  # noqa: E402
+from soco_d2.methods import get_method, registered_methods  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("input", help="pretraining checkpoint written by train_net.py (model_final.pth)")
+    p.add_argument("output", help="Detectron2 weights file to write (.pth), for MODEL.WEIGHTS")
+    p.add_argument("--method", choices=[m.name for m in registered_methods()],
+                   help="the pretraining method (MODEL.META_ARCHITECTURE); default: found from the keys")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from detectron2.utils.logger import setup_logger
+
+    logger = setup_logger(name="soco_d2", abbrev_name="soco_d2")
+    spec = get_method(args.method).export if args.method else None
+    try:
+        summary = export_trunk(args.input, args.output, spec)
+    except (FileNotFoundError, ValueError) as e:
+        logger.error(str(e))
+        return 1
+    dropped = ", ".join(f"{part}: {n}" for part, n in summary["dropped"].items())
+    renamed = f"{summary['renamed']} renamed" if summary["renamed"] else "none renamed"
+    print(f"kept {summary['kept']} keys ({renamed}); dropped {dropped}; wrote {summary['output']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
