@@ -1,7 +1,29 @@
-"""SoCo (Selective Object COntrastive learning) pretraining inside Detectron2."""
-from .config import add_config
-from .methods.soco import add_soco_config
+"""soco-d2: label-free pretraining of whole detectors inside Detectron2.
 
-from . import data  # noqa: F401  (registers datasets)
+Importing ``soco_d2`` registers everything it defines with Detectron2: the built-in datasets
+(DatasetCatalog) and every method's meta-architecture (META_ARCH_REGISTRY).
+
+Pieces every method shares:
+
+- ``config``: the shared keys, YAML loading with model-zoo bases, checks (:func:`add_config`
+  adds the shared keys and every method's).
+- ``data``: pretraining datasets and their deterministic sample stream, the loader, image
+  decoding, unsupervised proposals, box/view geometry, colour augmentation, synthetic data.
+- ``modeling``: the momentum target and MLP heads.
+- ``solver``: LARS, the optimizer, epochs -> iterations.
+- ``engine``: PretrainTrainer and its hooks, DDP on CPU, atomic checkpoints, DetectionTrainer.
+- ``export``: trunk export driven by each method's declaration.
+- ``utils``: atomic file writes.
+
+Methods, one folder each, registered by MODEL.META_ARCHITECTURE (``soco_d2.methods``):
+
+- ``methods/soco``: SoCo (Wei et al., NeurIPS 2021).
+"""
+from .config import add_config
+from .methods import get_method, registered_methods
+
+from . import data  # noqa: F401  (registers the built-in datasets in DatasetCatalog)
+from .methods import soco  # noqa: F401  (registers the SoCo method and meta-architecture)
+from .methods.soco import add_soco_config
 
 __version__ = "0.1.0"
