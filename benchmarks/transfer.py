@@ -30,10 +30,11 @@ step schedule scaled down. That is the very start of detector training (classifi
 still near uniform), so expect small APs and differences within seed noise; use
 ``--pretrain-iters`` / ``--finetune-iters`` (or a GPU) for a real measurement.
 
-Every step is ``train_net.py`` run as a subprocess, i.e. exactly what a user runs; the JSON
-holds each command. The benchmark is resumable: a run whose output folder holds its result
-(``bench_result.json``, or Detectron2's final evaluation in ``metrics.json``) is reused, an
-interrupted one continues from its last checkpoint (``--resume``), and missing data
+This file defines the study (datasets, configs, arms, schedules); ``benchmarks/harness.py``
+runs it. Every step is ``train_net.py`` run as a subprocess, i.e. exactly what a user runs;
+the JSON holds each command. The benchmark is resumable: a run whose output folder holds its
+result (``bench_result.json``, or Detectron2's final evaluation in ``metrics.json``) is reused,
+an interrupted one continues from its last checkpoint (``--resume``), and missing data
 (synthetic scenes, split jsons, proposals) and pretrainings are prepared first. Reusing a folder
 made with different settings is refused. Fine-tuning checkpoints are deleted once the result is
 recorded and so are the intermediate pretraining checkpoints (``--keep-checkpoints`` keeps them all);
@@ -46,27 +47,27 @@ in the summary (it is flagged in the JSON and the table).
 """
 import argparse
 import datetime
-import glob
-import json
-import math
 import os
-import platform
-import shlex
-import statistics
-import subprocess
 import sys
 import time
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+if BENCH_DIR not in sys.path:
+    sys.path.insert(0, BENCH_DIR)
+
+import harness  # noqa: E402
+from harness import (  # noqa: E402  (final_evaluation, check_same: part of this study's API)
+    REPO_ROOT, check_same, environment, final_evaluation, log, rel, run_finetuning,
+    run_logged, run_pretraining, write_json,
+)
+
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-TRAIN_NET = "train_net.py"
-RESULT_FILE = "bench_result.json"
-PRETRAIN_RESULT_FILE = "bench_pretrain.json"
-TRUNK_FILE = "model_final_trunk.pth"
-ARMS = ("random", "soco")
-ARM_LABELS = {"random": "random init", "soco": "SoCo init"}
+# Arm -> its name in tables; the first arm is the baseline the others are paired with.
+ARMS = {"random": "random", "soco": "SoCo"}
+# State_dict prefixes of the SoCo trunk in these FPN detectors: all must load in the SoCo arm.
+TRUNK_PREFIXES = ("backbone.", "roi_heads.box_head.")
 
 # Per dataset: the configs, what the benchmark overrides, and the default schedule. Iteration
 # counts were chosen so that both datasets, 2 arms x 3 seeds and both pretrainings fit in about an
@@ -111,77 +112,11 @@ COMMON_FINETUNE_OPTS = [
 QUICK = {"pretrain_iters": 3, "finetune_iters": 4, "precise_bn_iters": 2}
 
 
-# ----------------------------------------------------------------------------------- helpers
-def log(msg: str) -> None:
-    print(f"[transfer {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def rel(path: str) -> str:
-    """``path`` relative to the repository root when it lies inside it (commands stay short)."""
-    path = os.path.abspath(path)
-    return os.path.relpath(path, REPO_ROOT) if path.startswith(REPO_ROOT + os.sep) else path
-
-
-def datasets_root() -> str:
-    return os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
-
-
-def read_json(path: str):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-def write_json(path: str, data) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=False)
-    os.replace(tmp, path)
-
-
-def run_logged(cmd, log_path: str) -> (int, float):
-    """Run ``cmd`` in the repository root, stdout+stderr to ``log_path``; (exit code, wall s)."""
-    os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    start = time.time()
-    with open(log_path, "a") as f:
-        f.write(f"\n$ {shlex.join(cmd)}\n")
-        f.flush()
-        rc = subprocess.call(cmd, cwd=REPO_ROOT, stdout=f, stderr=subprocess.STDOUT)
-    return rc, time.time() - start
-
-
-def train_net_cmd(config_file: str, opts, resume: bool = False):
-    cmd = [sys.executable, TRAIN_NET, "--config-file", config_file, "--num-gpus", "1"]
-    if resume:
-        cmd.append("--resume")
-    return cmd + [str(o) for o in opts]
-
-
-def has_checkpoint(output_dir: str) -> bool:
-    return os.path.isfile(os.path.join(output_dir, "last_checkpoint"))
-
-
-def load_config_yaml(output_dir: str):
-    """The full config Detectron2 saved in OUTPUT_DIR/config.yaml, as a dict (or the text)."""
-    path = os.path.join(output_dir, "config.yaml")
-    try:
-        with open(path) as f:
-            text = f.read()
-    except OSError:
-        return None
-    try:
-        import yaml
-
-        return yaml.safe_load(text)
-    except Exception:  # noqa: BLE001 - keep the text when it is not plain YAML
-        return text
-
-
 # ------------------------------------------------------------------------------------ data
 def prepare_data(name: str) -> None:
     """Create what pretraining and fine-tuning on ``name`` read, when it is missing."""
+    from soco_d2.data.builtin import datasets_root
+
     root = datasets_root()
     py = sys.executable
     if name == "synthetic":
@@ -246,64 +181,10 @@ def pretrain_opts(name: str, args, output_dir: str):
 
 def pretrain(name: str, args) -> dict:
     """SoCo pretraining on the train images of ``name``; returns its record (trunk path etc.)."""
-    spec = DATASETS[name]
     output_dir = os.path.join(args.output_root, name, "pretrain")
-    opts = pretrain_opts(name, args, output_dir)
-    planned = train_net_cmd(spec["pretrain_config"], opts)[1:]  # without the interpreter
-    done = read_json(os.path.join(output_dir, PRETRAIN_RESULT_FILE))
-    trunk = os.path.join(output_dir, TRUNK_FILE)
-    if done is not None and os.path.isfile(trunk):
-        check_same(done["command"][1:], planned, output_dir)
-        log(f"[{name}] pretraining reused: {rel(trunk)}")
-        drop_intermediate_checkpoints(output_dir, args)
-        return dict(done, max_iter=iterations_run(output_dir), reused=True)
-
-    resume = has_checkpoint(output_dir)
-    cmd = train_net_cmd(spec["pretrain_config"], opts, resume=resume)
-    log(f"[{name}] pretraining{' (resumed)' if resume else ''}: {shlex.join(cmd[1:])}")
-    load_before = os.getloadavg()
-    rc, wall = run_logged(cmd, os.path.join(output_dir, "stdout.log"))
-    if rc or not os.path.isfile(trunk):
-        raise SystemExit(f"[{name}] pretraining failed (exit {rc}); see {rel(output_dir)}/stdout.log")
-    cfg = load_config_yaml(output_dir)
-    record = {
-        "dataset": name,
-        "output_dir": rel(output_dir),
-        "trunk": rel(trunk),
-        "command": ["python"] + planned,
-        "wall_s": round(wall, 1),
-        "resumed": resume,
-        # Not config.yaml's SOLVER.MAX_ITER: SOLVER.EPOCHS is resolved after the config is saved.
-        "max_iter": iterations_run(output_dir),
-        "final_loss": final_metric(output_dir, "total_loss"),
-        "loadavg_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
-        "config": cfg,
-    }
-    write_json(os.path.join(output_dir, PRETRAIN_RESULT_FILE), record)
-    drop_intermediate_checkpoints(output_dir, args)
-    log(f"[{name}] pretraining done in {wall / 60:.1f} min: {rel(trunk)}")
-    return dict(record, reused=False)
-
-
-def drop_intermediate_checkpoints(output_dir: str, args) -> None:
-    """Keep model_final.pth (full SoCo state) and the trunk; delete model_0*.pth."""
-    if not args.keep_checkpoints:
-        for path in glob.glob(os.path.join(output_dir, "model_0*.pth")):
-            os.unlink(path)
-
-
-def iterations_run(output_dir: str):
-    """Iterations a finished training ran: the last iteration logged in metrics.json, plus one."""
-    its = [rec["iteration"] for rec in read_metrics(output_dir) if "iteration" in rec]
-    return max(its) + 1 if its else None
-
-
-def final_metric(output_dir: str, key: str):
-    value = None
-    for rec in read_metrics(output_dir):
-        if key in rec:
-            value = rec[key]
-    return value
+    return run_pretraining(f"[{name}]", {"dataset": name}, DATASETS[name]["pretrain_config"],
+                           pretrain_opts(name, args, output_dir), output_dir,
+                           args.keep_checkpoints)
 
 
 # ------------------------------------------------------------------------------- fine-tuning
@@ -330,233 +211,24 @@ def finetune_opts(name: str, arm: str, seed: int, trunk: str, args, output_dir: 
     return iters, opts
 
 
-def read_metrics(output_dir: str):
-    path = os.path.join(output_dir, "metrics.json")
-    records = []
-    try:
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if line:
-                    try:
-                        records.append(json.loads(line))
-                    except ValueError:
-                        pass
-    except OSError:
-        pass
-    return records
-
-
-def final_evaluation(output_dir: str, max_iter: int):
-    """Detectron2's evaluation after the last iteration, from metrics.json; None if absent."""
-    found = None
-    for rec in read_metrics(output_dir):
-        if "bbox/AP" in rec and rec.get("iteration", -1) >= max_iter - 1:
-            found = rec
-    if found is None:
-        return None
-    out = {}
-    for task in ("bbox", "segm"):
-        out[task] = {k.split("/", 1)[1]: v for k, v in found.items() if k.startswith(task + "/")}
-    return out
-
-
-def missing_trunk_keys(output_dir: str):
-    """Parameters the fine-tuning model did not find in MODEL.WEIGHTS, read from log.txt.
-
-    Returns (lines Detectron2 printed, those that belong to the pretrained trunk: backbone, FPN
-    or box head); the second list must be empty for the SoCo arm.
-    """
-    try:
-        with open(os.path.join(output_dir, "log.txt")) as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None, None
-    listed, active = [], False
-    for line in lines:
-        if "not found in the checkpoint" in line:
-            active, listed = True, []
-            continue
-        if active:
-            if line.startswith("[") or not line.strip():
-                active = False
-                continue
-            listed.append(line.strip())
-    trunk = [k for k in listed if k.startswith(("backbone.", "roi_heads.box_head."))]
-    return listed, trunk
-
-
-def check_same(done_cmd, planned_cmd, output_dir: str) -> None:
-    strip = [a for a in done_cmd if a != "--resume"]
-    if strip != [a for a in planned_cmd if a != "--resume"]:
-        raise SystemExit(
-            f"{rel(output_dir)} holds a result made with other settings:\n  was: {shlex.join(strip)}\n"
-            f"  now: {shlex.join(planned_cmd)}\nUse another --output-root, or delete that folder."
-        )
-
-
 def finetune(name: str, arm: str, seed: int, trunk: str, args) -> dict:
-    spec = DATASETS[name]
     output_dir = os.path.join(args.output_root, name, f"{arm}_seed{seed}")
     max_iter, opts = finetune_opts(name, arm, seed, trunk, args, output_dir)
-    planned = train_net_cmd(spec["finetune_config"], opts)[1:]
-    tag = f"[{name} {arm} seed {seed}]"
-
-    done = read_json(os.path.join(output_dir, RESULT_FILE))
-    if done is not None:
-        check_same(done["command"][1:], planned, output_dir)
-        log(f"{tag} reused: box AP {fmt(done['bbox_AP'])}, mask AP {fmt(done['segm_AP'])}")
-        return dict(done, reused=True)
-
-    metrics = final_evaluation(output_dir, max_iter)
-    wall, resumed, rc = None, False, 0
-    load_before = os.getloadavg()
-    if metrics is None:  # not run, or interrupted: run (continuing from the last checkpoint)
-        resumed = has_checkpoint(output_dir)
-        cmd = train_net_cmd(spec["finetune_config"], opts, resume=resumed)
-        log(f"{tag} fine-tuning{' (resumed)' if resumed else ''}: {shlex.join(cmd[1:])}")
-        rc, wall = run_logged(cmd, os.path.join(output_dir, "stdout.log"))
-        metrics = final_evaluation(output_dir, max_iter)
-    else:
-        log(f"{tag} found a finished evaluation in metrics.json (wall time unknown)")
-    if rc or metrics is None:
-        log(f"{tag} FAILED (exit {rc}); see {rel(output_dir)}/stdout.log")
-        return {"dataset": name, "arm": arm, "seed": seed, "output_dir": rel(output_dir),
-                "failed": True, "exit_code": rc, "command": ["python"] + planned}
-
-    listed, trunk_missing = missing_trunk_keys(output_dir)
-    box, mask = metrics["bbox"].get("AP"), metrics["segm"].get("AP")
-    record = {
-        "dataset": name,
-        "arm": arm,
-        "seed": seed,
-        "output_dir": rel(output_dir),
-        "command": ["python"] + planned,
-        "config_file": spec["finetune_config"],
-        "overrides": opts,
-        "max_iter": max_iter,
-        "wall_s": None if wall is None else round(wall, 1),
-        "resumed": resumed,
-        "loadavg_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
-        "bbox_AP": box,
-        "segm_AP": mask,
-        "no_detections": box is None or (isinstance(box, float) and math.isnan(box)),
-        "metrics": metrics,
-        "missing_keys_logged": listed,
-        "trunk_keys_missing": trunk_missing,
-        "final_train_loss": final_metric(output_dir, "total_loss"),
-        "config": load_config_yaml(output_dir),
-    }
-    write_json(os.path.join(output_dir, RESULT_FILE), record)
-    if not args.keep_checkpoints:
-        for path in glob.glob(os.path.join(output_dir, "model_*.pth")):
-            os.unlink(path)
-        if os.path.exists(os.path.join(output_dir, "last_checkpoint")):
-            os.unlink(os.path.join(output_dir, "last_checkpoint"))
-    if arm == "soco" and trunk_missing:
-        log(f"{tag} WARNING: pretrained trunk keys were not loaded: {trunk_missing}")
-    log(f"{tag} box AP {fmt(box)}, mask AP {fmt(mask)}"
-        + (f" in {wall / 60:.1f} min" if wall is not None else ""))
-    return dict(record, reused=False)
+    return run_finetuning(
+        f"[{name} {arm} seed {seed}]", {"dataset": name, "arm": arm, "seed": seed},
+        DATASETS[name]["finetune_config"], opts, output_dir, max_iter, args.keep_checkpoints,
+        pretrained=arm != "random", trunk_prefixes=TRUNK_PREFIXES,
+    )
 
 
 # --------------------------------------------------------------------------------- summary
-def fmt(x, digits: int = 2) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "nan"
-    return f"{x:.{digits}f}"
-
-
-def ap_or_zero(x):
-    return 0.0 if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
-
-
-def mean_std(values):
-    if not values:
-        return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def summarize(runs):
     """Per dataset and arm: n, mean/std of box and mask AP, AP50; paired deltas per dataset."""
-    ok = [r for r in runs if not r.get("failed")]
-    summary = {}
-    for name in dict.fromkeys(r["dataset"] for r in runs):
-        entry = {}
-        for arm in ARMS:
-            rs = sorted((r for r in ok if r["dataset"] == name and r["arm"] == arm), key=lambda r: r["seed"])
-            item = {"n": len(rs), "seeds": [r["seed"] for r in rs],
-                    "no_detection_runs": sum(bool(r["no_detections"]) for r in rs)}
-            for key, get in (("bbox_AP", lambda r: r["bbox_AP"]), ("segm_AP", lambda r: r["segm_AP"]),
-                             ("bbox_AP50", lambda r: r["metrics"]["bbox"].get("AP50")),
-                             ("segm_AP50", lambda r: r["metrics"]["segm"].get("AP50"))):
-                values = [ap_or_zero(get(r)) for r in rs]
-                m, s = mean_std(values)
-                item[key] = {"mean": m, "std": s, "values": values}
-            walls = [r["wall_s"] for r in rs if r.get("wall_s") is not None]
-            item["wall_s_mean"] = statistics.fmean(walls) if walls else None
-            entry[arm] = item
-        # Paired by seed: same data order and same initial random heads in both arms.
-        by_seed = {(r["arm"], r["seed"]): r for r in ok if r["dataset"] == name}
-        seeds = sorted(s for (a, s) in by_seed if a == "soco" and ("random", s) in by_seed)
-        delta = {"n": len(seeds), "seeds": seeds}
-        for key in ("bbox_AP", "segm_AP"):
-            d = [ap_or_zero(by_seed[("soco", s)][key]) - ap_or_zero(by_seed[("random", s)][key]) for s in seeds]
-            m, s_ = mean_std(d)
-            delta[key] = {"mean": m, "std": s_, "values": d}
-        entry["delta_soco_minus_random"] = delta
-        summary[name] = entry
-    return summary
+    return harness.summarize(runs, ARMS)
 
 
 def format_table(summary) -> str:
-    def ms(d):
-        if d is None or d.get("mean") is None:
-            return "-"
-        return f"{d['mean']:6.2f} ± {d['std']:5.2f}"
-
-    def delta(d):
-        if d is None or d.get("mean") is None:
-            return "-"
-        return f"{d['mean']:+6.2f} ± {d['std']:5.2f}"
-
-    head = f"{'dataset':<12} {'init':<22} {'n':>2}  {'box AP':>15}  {'mask AP':>15}  {'box AP50':>15}  {'min/run':>7}"
-    lines = [head, "-" * len(head)]
-    for name, entry in summary.items():
-        for arm in ARMS:
-            it = entry[arm]
-            wall = "-" if it["wall_s_mean"] is None else f"{it['wall_s_mean'] / 60:.1f}"
-            flag = f" ({it['no_detection_runs']} no-det)" if it["no_detection_runs"] else ""
-            lines.append(
-                f"{name:<12} {ARM_LABELS[arm] + flag:<22} {it['n']:>2}  {ms(it['bbox_AP']):>15}  "
-                f"{ms(it['segm_AP']):>15}  {ms(it['bbox_AP50']):>15}  {wall:>7}"
-            )
-        d = entry["delta_soco_minus_random"]
-        lines.append(
-            f"{name:<12} {'SoCo - random (paired)':<22} {d['n']:>2}  {delta(d['bbox_AP']):>15}  "
-            f"{delta(d['segm_AP']):>15}"
-        )
-    lines.append("COCO AP in percent on the val split; mean ± sample std over fine-tuning seeds.")
-    return "\n".join(lines)
-
-
-def environment():
-    env = {"python": platform.python_version(), "platform": platform.platform(),
-           "cpu_count": os.cpu_count(), "hostname": platform.node()}
-    try:
-        import torch
-
-        env["torch"] = torch.__version__
-        env["torch_threads"] = torch.get_num_threads()
-    except ImportError:
-        pass
-    try:
-        import detectron2
-
-        env["detectron2"] = detectron2.__version__
-    except ImportError:
-        pass
-    return env
+    return harness.format_table(summary, ARMS)
 
 
 # ------------------------------------------------------------------------------------ main

@@ -30,12 +30,8 @@ except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from soco_d2.data.image_list import list_coco_images, list_image_folder  # noqa: E402
-from soco_d2.data.proposals import (  # noqa: E402
-    add_settings_arguments,
-    generate_proposals,
-    is_up_to_date,
-    settings_from_args,
-)
+from soco_d2.data.proposals.job import generate_proposals, is_up_to_date  # noqa: E402
+from soco_d2.data.proposals.selective_search import add_settings_arguments, settings_from_args  # noqa: E402
 
 
 def parse_args(argv=None):
