@@ -75,6 +75,12 @@ def to_bgr8(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr[:, :, :3])
 
 
+def _display_size(im) -> Tuple[int, int]:
+    """(width, height) of an open Pillow image once its EXIF orientation is applied."""
+    w, h = im.size
+    return (h, w) if im.getexif().get(_EXIF_ORIENTATION, 1) in _ROTATED else (w, h)
+
+
 def _pil_to_bgr8(im) -> np.ndarray:
     """A loaded Pillow image -> uint8 BGR, EXIF orientation applied."""
     from PIL import ImageOps
@@ -94,10 +100,7 @@ def image_header(data: bytes) -> Optional[Tuple[int, int, bool]]:
 
     try:
         with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
-            if im.getexif().get(_EXIF_ORIENTATION, 1) in _ROTATED:
-                w, h = h, w
-            return w, h, im.format == "JPEG"
+            return (*_display_size(im), im.format == "JPEG")
     except (UnidentifiedImageError, OSError, SyntaxError):
         return None
 
@@ -162,9 +165,7 @@ def read_image(
         raise ImageReadError("unreadable", str(e)) from e
     try:
         with Image.open(path) as im:
-            w0, h0 = im.size
-            if im.getexif().get(_EXIF_ORIENTATION, 1) in _ROTATED:
-                w0, h0 = h0, w0
+            w0, h0 = _display_size(im)
             s = 1.0 if min_scale is None else min_scale(w0, h0)
             if im.format == "JPEG" and s < 1:  # decode at a reduced scale still >= the target
                 im.draft("RGB", (int(np.ceil(im.size[0] * s)), int(np.ceil(im.size[1] * s))))

@@ -20,9 +20,9 @@ from detectron2.modeling.poolers import ROIPooler, convert_boxes_to_pooler_forma
 from detectron2.modeling.roi_heads import build_box_head
 from detectron2.structures import Boxes
 
-__all__ = ["FPNBoxBranch", "Res5BoxBranch", "build_box_branch", "LEVEL_ASSIGNMENTS"]
+from .config import LEVEL_ASSIGNMENTS
 
-LEVEL_ASSIGNMENTS = ("scale_aware", "canonical", "all")
+__all__ = ["FPNBoxBranch", "Res5BoxBranch", "build_box_branch"]
 
 
 def _box_feature_dim(shape: ShapeSpec) -> int:

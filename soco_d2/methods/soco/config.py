@@ -10,7 +10,9 @@ from detectron2.config import CfgNode as CN
 from ...config.checks import common_problems, enum_problems, raise_problems
 from ...config.common import add_common_config
 
-__all__ = ["MIN_VIEW_SIZE", "add_soco_config", "validate_soco_config"]
+__all__ = [
+    "MIN_VIEW_SIZE", "VIEW3_MODES", "LEVEL_ASSIGNMENTS", "add_soco_config", "validate_soco_config",
+]
 
 
 def add_soco_config(cfg):
@@ -89,9 +91,14 @@ def add_soco_config(cfg):
 #: filter keeps (32 px); a smaller view cannot show such a box at its native size.
 MIN_VIEW_SIZE = 32
 
+#: Values of INPUT.SOCO.VIEW3_MODE and MODEL.SOCO.LEVEL_ASSIGNMENT (the mapper and the box
+#: branch accept the same).
+VIEW3_MODES = ("crop", "downsample")
+LEVEL_ASSIGNMENTS = ("scale_aware", "canonical", "all")
+
 _ENUMS = (
-    ("INPUT.SOCO.VIEW3_MODE", ("crop", "downsample")),
-    ("MODEL.SOCO.LEVEL_ASSIGNMENT", ("scale_aware", "canonical", "all")),
+    ("INPUT.SOCO.VIEW3_MODE", VIEW3_MODES),
+    ("MODEL.SOCO.LEVEL_ASSIGNMENT", LEVEL_ASSIGNMENTS),
     ("MODEL.SOCO.HEAD_NORM", ("BN", "SyncBN", "nnSyncBN", "naiveSyncBN", "naiveSyncBN_N", "")),
 )
 

@@ -51,6 +51,7 @@ from ...data.box_ops import (
 )
 from ...data.color_augment import ColorRecipe, apply_color_recipe, cutout_in_boxes
 from ...data.decode import ImageReadError, decode_image, image_header
+from .config import LEVEL_ASSIGNMENTS, VIEW3_MODES
 from .views import assign_levels, canonical_levels, select_in_crop
 
 __all__ = ["SoCoDatasetMapper"]
@@ -123,9 +124,9 @@ class SoCoDatasetMapper:
         """
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR' for SoCo, got {image_format!r}")
-        if view3_mode not in ("crop", "downsample"):
+        if view3_mode not in VIEW3_MODES:
             raise ValueError(f"VIEW3_MODE must be 'crop' or 'downsample', got {view3_mode!r}")
-        if level_assignment not in ("scale_aware", "canonical", "all"):
+        if level_assignment not in LEVEL_ASSIGNMENTS:
             raise ValueError(f"Unknown LEVEL_ASSIGNMENT {level_assignment!r}")
         if num_proposals < 1:
             raise ValueError(f"NUM_PROPOSALS must be >= 1, got {num_proposals}")

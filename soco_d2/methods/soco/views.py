@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ...data.box_ops import inside_fraction, random_resized_crop
+from ...data.proposals.selective_search import BoxFilter
 
 __all__ = ["select_in_crop", "assign_levels", "canonical_levels", "random_proposals"]
 
@@ -86,14 +87,15 @@ def random_proposals(rng: np.random.Generator, width: float, height: float, n: i
     1/3 <= w/h <= 3, 0.3 <= sqrt(w*h / (W*H)) <= 0.8): the "random boxes" of the paper's
     ablation, and stand-in proposals for benchmarks and visualisation. Fewer than ``n`` (maybe
     none) when the image is too small for the filter."""
+    f = BoxFilter()  # the filter's thresholds, as the proposal job applies them
     boxes = []
     for _ in range(100 * n):
         if len(boxes) == n:
             break
-        side = rng.uniform(0.3, 0.8) * math.sqrt(width * height)
-        aspect = math.exp(rng.uniform(math.log(1 / 3), math.log(3)))
+        side = rng.uniform(f.min_scale, f.max_scale) * math.sqrt(width * height)
+        aspect = math.exp(rng.uniform(math.log(1 / f.max_aspect_ratio), math.log(f.max_aspect_ratio)))
         w, h = side * math.sqrt(aspect), side / math.sqrt(aspect)
-        if 32 <= w <= width and 32 <= h <= height:
+        if f.min_size <= w <= width and f.min_size <= h <= height:
             x, y = rng.uniform(0, width - w), rng.uniform(0, height - h)
             boxes.append([x, y, x + w, y + h])
     return np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
