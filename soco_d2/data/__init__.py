@@ -1,3 +1,15 @@
+"""Data every pretraining method shares.
+
+- Pretraining datasets: any image folder or COCO json plus its proposal file
+  (``pretrain_datasets.py``, ids from ``image_list.py``); built-in names (``builtin.py``,
+  ``coco_sample.py``), registered on import.
+- Training data: the deterministic (seed, sample number) stream (``sample_stream.py``) and the
+  loader that runs a method's mapper over it (``loader.py``).
+- What mappers are made of: image decoding (``decode.py``), view and box geometry
+  (``box_ops.py``), colour augmentation (``color_augment.py``).
+- Offline: unsupervised proposals (``proposals/``) and the embedded synthetic scenes
+  (``synthetic/``).
+"""
 from .pretrain_datasets import (
     attach_proposals,
     load_soco_images,

@@ -1,4 +1,4 @@
-"""Fine-tuning a stock Detectron2 detector from exported SoCo weights (SOCO_SPEC.md Sec. 7).
+"""Fine-tuning a stock Detectron2 detector from exported pretraining weights (SOCO_SPEC.md Sec. 7).
 
 Everything is Detectron2's DefaultTrainer (PreciseBN, checkpointing, evaluation hooks) except
 that it also runs as several CPU processes and that the evaluator is chosen from the dataset's
