@@ -65,3 +65,15 @@ def test_cuda_device_without_cuda_says_what_to_do(tmp_path):
     with pytest.raises(RuntimeError, match="MODEL.DEVICE cpu"):
         path = os.path.join(CONFIG_DIR, "soco", "soco_R50_FPN_100ep.yaml")
         setup(TrainArgs(config_file=path, opts=["OUTPUT_DIR", str(tmp_path)]))
+
+
+def test_shared_keys_are_added_once():
+    from detectron2.config import get_cfg
+
+    from soco_d2.config import add_common_config, add_config
+
+    cfg = add_common_config(get_cfg())
+    cfg.SOLVER.EPOCHS, cfg.DATASETS.SOCO_REGISTER = 7, [("a", "b", "")]
+    add_config(add_common_config(cfg))  # every method asks for the shared keys again
+    assert cfg.SOLVER.EPOCHS == 7 and cfg.DATASETS.SOCO_REGISTER == [("a", "b", "")]
+    assert cfg.INPUT.SOCO.NUM_PROPOSALS == 4 and cfg.MODEL.SOCO.MOMENTUM == 0.99
