@@ -6,6 +6,8 @@ adds its own keys in its folder (``soco_d2/methods/<method>/config.py``) and cal
 SOCO_SPEC.md.
 """
 
+from detectron2.config import CfgNode as CN
+
 __all__ = ["add_common_config"]
 
 
@@ -34,8 +36,9 @@ def add_common_config(cfg):
     # When > 0, MAX_ITER and WARMUP_ITERS are derived from epochs of DATASETS.TRAIN.
     _C.SOLVER.EPOCHS = 0
     _C.SOLVER.WARMUP_EPOCHS = 0
-    # Mixed precision dtype when SOLVER.AMP.ENABLED: "float16" (GPU) or "bfloat16" (GPU with
-    # bf16 support, or CPU autocast: much faster on CPUs with AMX / AVX512-BF16).
+    # Mixed precision dtype on GPU when SOLVER.AMP.ENABLED: "float16" or "bfloat16". On a CPU,
+    # SOLVER.AMP.ENABLED means bf16 autocast where the CPU has native bf16 (AMX / AVX512-BF16)
+    # and fp32 elsewhere (soco_d2/engine/precision.py), whatever this key says.
     _C.SOLVER.AMP.PRECISION = "float16"
 
     # ---------------------------------------------------------------- datasets
@@ -44,4 +47,18 @@ def add_common_config(cfg):
     # coco_json) for the images of a COCO json (labels ignored). An empty proposal_file means
     # whole-image proposals.
     _C.DATASETS.SOCO_REGISTER = []
+
+    # ---------------------------------------------------------------- learning monitors
+    # The probe (soco_d2/evaluation/probe.py): kNN / linear accuracy of the trunk's features of
+    # the ground-truth boxes of this labelled detection set (a registered name, COCO format),
+    # before training, every PERIOD iterations and at the end. "" disables it.
+    _C.TEST.PROBE = CN()
+    _C.TEST.PROBE.DATASET = ""
+    # Iterations between probes; 0: only before the first and after the last iteration.
+    _C.TEST.PROBE.PERIOD = 0
+    # Test-time resize of the probe images (short side, long side cap); 0: as stored.
+    _C.TEST.PROBE.MIN_SIZE = 0
+    _C.TEST.PROBE.MAX_SIZE = 0
+    # Probe the first MAX_IMAGES images that have boxes; 0: all of them.
+    _C.TEST.PROBE.MAX_IMAGES = 0
     return cfg

@@ -3,10 +3,11 @@
 Detectron2's ``create_ddp_model`` always passes ``device_ids=[local_rank]``, which
 DistributedDataParallel rejects for a model on the CPU (several CPU processes talking over
 gloo, as ``train_net.py --num-gpus N`` starts on a machine without CUDA). Here the device ids
-are left out for CPU models, the AMP trainer takes ``SOLVER.AMP.PRECISION`` (fp16 or bf16),
+are left out for CPU models, mixed precision fits the hardware (:func:`build_step_trainer`),
 and :func:`finish_trainer_init` is the rest of ``DefaultTrainer.__init__`` after the model,
 optimizer and data loader are built, for any DefaultTrainer subclass.
 """
+import logging
 import time
 import weakref
 
@@ -14,8 +15,11 @@ import torch
 from detectron2.engine import AMPTrainer, SimpleTrainer, create_ddp_model
 
 from .checkpoint import AtomicDetectionCheckpointer
+from .precision import choose_cpu_precision
 
 __all__ = ["AMP_DTYPES", "create_ddp_model_any_device", "build_step_trainer", "finish_trainer_init"]
+
+logger = logging.getLogger(__name__)
 
 AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -56,27 +60,32 @@ class CPUAutocastTrainer(SimpleTrainer):
         self.optimizer.step()
 
 
-def build_step_trainer(cfg, model, data_loader, optimizer):
-    """SimpleTrainer, or a mixed-precision trainer in ``SOLVER.AMP.PRECISION`` when
-    ``SOLVER.AMP.ENABLED``: Detectron2's AMPTrainer on GPU, :class:`CPUAutocastTrainer` on CPU.
+def build_step_trainer(cfg, model, data_loader, optimizer, cpu_features=None):
+    """The trainer of one step, in the precision that fits the hardware.
 
-    bf16 has fp32's exponent range, so it runs without loss scaling. Configs without SoCo's
-    ``SOLVER.AMP.PRECISION`` key get Detectron2's fp16.
+    - ``SOLVER.AMP.ENABLED`` False: SimpleTrainer (fp32).
+    - On a GPU: Detectron2's AMPTrainer in ``SOLVER.AMP.PRECISION`` (fp16 with loss scaling,
+      or bf16, which has fp32's exponent range and needs none).
+    - On a CPU: :class:`CPUAutocastTrainer` (bf16 autocast) where the CPU computes bf16
+      natively (AMX / AVX512-BF16), SimpleTrainer (fp32) everywhere else, whatever
+      ``SOLVER.AMP.PRECISION`` says; one log line names the choice and why
+      (:func:`soco_d2.engine.precision.choose_cpu_precision`).
 
-    Raises:
-        ValueError: fp16 requested for a model on the CPU.
+    Configs without the project's ``SOLVER.AMP.PRECISION`` key get Detectron2's fp16 on GPU.
+
+    Args:
+        cpu_features: the CPU's features (default: this machine's); for tests.
     """
+    if not next(model.parameters()).is_cuda:
+        choice = choose_cpu_precision(cfg.SOLVER.AMP.ENABLED, cpu_features)
+        if cfg.SOLVER.AMP.ENABLED:
+            logger.info(choice.reason)
+        if choice.dtype == torch.bfloat16:
+            return CPUAutocastTrainer(model, data_loader, optimizer)
+        return SimpleTrainer(model, data_loader, optimizer)
     if not cfg.SOLVER.AMP.ENABLED:
         return SimpleTrainer(model, data_loader, optimizer)
-    precision = cfg.SOLVER.AMP.get("PRECISION", "float16")
-    dtype = AMP_DTYPES[precision]
-    if not next(model.parameters()).is_cuda:
-        if dtype != torch.bfloat16:
-            raise ValueError(
-                f"SOLVER.AMP.PRECISION={precision!r} is not supported on the CPU: set "
-                "SOLVER.AMP.PRECISION bfloat16, or SOLVER.AMP.ENABLED False"
-            )
-        return CPUAutocastTrainer(model, data_loader, optimizer)
+    dtype = AMP_DTYPES[cfg.SOLVER.AMP.get("PRECISION", "float16")]
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     return AMPTrainer(model, data_loader, optimizer, grad_scaler=scaler, precision=dtype)
 
