@@ -6,7 +6,7 @@ what differs, at least :meth:`PretrainTrainer.build_mapper`.
 import logging
 import os
 
-from detectron2.engine import DefaultTrainer
+from detectron2.engine import DefaultTrainer, hooks
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -18,6 +18,7 @@ from ..utils.atomic_io import atomic_write_bytes
 from ..methods import get_method
 from .ddp import finish_trainer_init
 from .hooks import ExportTrunkHook, MomentumUpdateHook
+from .monitors import LOG_PERIOD, ModelMonitorHook, ProbeHook, UpdateRatioHook
 
 __all__ = ["PretrainTrainer"]
 
@@ -110,6 +111,21 @@ class PretrainTrainer(DefaultTrainer):
         # method declares it (soco_d2/methods/<method>/export.py).
         method = get_method(self.cfg.MODEL.META_ARCHITECTURE)
         ret.append(ExportTrunkHook(self.cfg.OUTPUT_DIR, spec=method and method.export))
+        # Learning monitors (engine/monitors.py), before the writers so that what they put in
+        # the event storage is written at the same iteration.
+        writer = next((i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicWriter)), len(ret))
+        monitors = []
+        if comm.is_main_process():  # only the main process writes metrics
+            monitors.append(UpdateRatioHook(LOG_PERIOD))
+            if hasattr(model, "monitors"):
+                monitors.append(ModelMonitorHook(LOG_PERIOD))
+        probe = self.cfg.TEST.PROBE
+        if probe.DATASET and hasattr(model, "probe_trunk"):
+            monitors.append(ProbeHook(
+                probe.DATASET, probe.PERIOD, self.cfg.INPUT.FORMAT,
+                probe.MIN_SIZE, probe.MAX_SIZE, probe.MAX_IMAGES, self.cfg.OUTPUT_DIR,
+            ))
+        ret[writer:writer] = monitors
         return ret
 
     @classmethod

@@ -1,0 +1,135 @@
+"""The probe (soco_d2/evaluation/probe.py) and tools/probe.py."""
+import copy
+import json
+import os
+
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from torch import nn
+
+from soco_d2 import add_config
+from soco_d2.config import load_config
+from soco_d2.evaluation.probe import (
+    ProbeImage,
+    extract_box_features,
+    knn_accuracy,
+    linear_probe_accuracy,
+    load_probe_images,
+    probe_trunk,
+    reestimate_bn,
+    trunk_from_detector,
+)
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRANSFER = os.path.join(REPO_ROOT, "configs", "transfer", "mask_rcnn_R18_FPN_synthetic.yaml")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
+    yield
+
+
+def clustered(num_images=30, per_image=3, classes=3, dim=8, spread=0.05, seed=0):
+    """Features around one centre per class; labels; image index of each box."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(classes, dim, generator=g) * 3
+    labels = torch.randint(0, classes, (num_images * per_image,), generator=g)
+    feats = centres[labels] + spread * torch.randn(len(labels), dim, generator=g)
+    owner = torch.arange(num_images).repeat_interleave(per_image)
+    return feats, labels, owner
+
+
+def test_knn_and_linear_separate_clusters_and_fall_to_chance_on_noise():
+    feats, labels, owner = clustered()
+    assert knn_accuracy(feats, labels, owner) == 1.0
+    assert linear_probe_accuracy(feats, labels, owner) == 1.0
+    noise = torch.randn(feats.shape, generator=torch.Generator().manual_seed(1))
+    assert knn_accuracy(noise, labels, owner) < 0.6
+    assert linear_probe_accuracy(noise, labels, owner) < 0.6
+
+
+def test_knn_never_uses_boxes_of_the_same_image():
+    """Each image holds one box of each class, duplicated: from its own image alone every box
+    would be classified perfectly, from the others (random features) it cannot."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(20, 2, 16, generator=g)  # 20 images, 2 boxes, no class structure
+    feats = torch.cat([base, base], dim=1).reshape(-1, 16)  # each box twice in its image
+    labels = torch.tensor([0, 1, 0, 1]).repeat(20)
+    owner = torch.arange(20).repeat_interleave(4)
+    assert knn_accuracy(feats, labels, owner, k=1) < 0.8
+    # without the mask (every box its own image) the duplicate gives it away
+    assert knn_accuracy(feats, labels, torch.arange(len(labels)), k=1) == 1.0
+
+
+def test_bn_reestimation_is_the_exact_mean_and_leaves_eval_mode():
+    torch.manual_seed(0)
+    backbone_bn = nn.BatchNorm2d(3)
+
+    class Trunk(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = backbone_bn
+
+        def forward(self, images, boxes):
+            return self.bn(torch.stack([i.float() for i in images]))
+
+    trunk = Trunk()
+    images = [ProbeImage(torch.randint(0, 255, (3, 4, 4), dtype=torch.uint8), torch.zeros(0, 4),
+                         torch.zeros(0, dtype=torch.int64)) for _ in range(5)]
+    assert reestimate_bn(trunk, images, batch_size=2) == 1
+    assert not trunk.training
+    x = torch.stack([i.image.float() for i in images])
+    batches = [x[0:2], x[2:4], x[4:5]]
+    torch.testing.assert_close(trunk.bn.running_mean, torch.stack([b.mean((0, 2, 3)) for b in batches]).mean(0))
+
+
+def _detector():
+    cfg = add_config(get_cfg())
+    load_config(cfg, TRANSFER)
+    cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.FPN.OUT_CHANNELS", "32",
+                         "MODEL.ROI_BOX_HEAD.CONV_DIM", "32", "MODEL.ROI_BOX_HEAD.FC_DIM", "64"])
+    torch.manual_seed(0)
+    return cfg, build_model(cfg)
+
+
+def test_probe_trunk_leaves_the_model_untouched(tiny_images):
+    from detectron2.data.datasets import load_coco_json
+
+    cfg, model = _detector()
+    images = load_probe_images(load_coco_json(*tiny_images), cfg.INPUT.FORMAT, min_size=96)
+    assert all(min(i.image.shape[-2:]) == 96 for i in images)
+    before = copy.deepcopy(model.state_dict())
+    result = probe_trunk(trunk_from_detector(model), images)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert result["num_images"] == len(images) and result["num_boxes"] >= len(images)
+    feats, labels, owner = extract_box_features(trunk_from_detector(model), images)
+    assert feats["head"].shape == (result["num_boxes"], 64) and feats["pooled"].shape[1] == 32
+    for key in ("knn_head", "linear_head", "knn_pooled", "linear_pooled"):
+        assert 0.0 <= result[key] <= 1.0
+
+
+def test_probe_tool_compares_trunks(tiny_images, tmp_path, capsys):
+    import importlib.util
+
+    cfg, model = _detector()
+    torch.save({"model": model.state_dict()}, tmp_path / "w.pth")
+    spec = importlib.util.spec_from_file_location("probe_tool", os.path.join(REPO_ROOT, "tools", "probe.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    json_file, image_root = tiny_images
+    out = tmp_path / "probe.json"
+    rc = tool.main(["--config-file", TRANSFER, "--json", json_file, "--image-root", image_root,
+                    "--weights", "random", str(tmp_path / "w.pth"), "--out", str(out),
+                    "MODEL.WEIGHTS", "", "MODEL.FPN.OUT_CHANNELS", "32",
+                    "MODEL.ROI_BOX_HEAD.CONV_DIM", "32", "MODEL.ROI_BOX_HEAD.FC_DIM", "64"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "knn_head" in printed and str(tmp_path / "w.pth") in printed
+    data = json.loads(out.read_text())
+    rows = {r["trunk"]: r for r in data["results"]}
+    assert set(rows) == {"random", str(tmp_path / "w.pth")}
+    # the saved weights ARE the random initialisation of seed 0: same figures
+    assert rows["random"]["knn_head"] == rows[str(tmp_path / "w.pth")]["knn_head"]
