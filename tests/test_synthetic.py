@@ -10,6 +10,7 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
 from soco_d2.data.synthetic import dataset as syn
+from soco_d2.data.synthetic.scene import MAX_OBJECTS, MAX_ROTATION_DEG, MIN_OBJECTS
 from soco_d2.data.synthetic import (
     SYNTHETIC_CATEGORIES,
     generate_synthetic_dataset,
@@ -96,7 +97,7 @@ def test_coco_annotations_valid(dataset):
             assert SMALL["min_size"] <= W <= SMALL["max_size"]
             assert cv2.imread(os.path.join(image_root, img["file_name"])).shape == (H, W, 3)
             anns = coco.loadAnns(coco.getAnnIds(imgIds=img["id"]))
-            assert 2 <= len(anns) <= 6
+            assert MIN_OBJECTS <= len(anns) <= MAX_OBJECTS
             for ann in anns:
                 used.add(ann["category_id"])
                 assert ann["iscrowd"] == 0
@@ -131,6 +132,24 @@ def test_drawn_pixels_match_polygons():
         for obj in objects:
             rle = mask_util.merge(mask_util.frPyObjects([obj["polygon"].reshape(-1).tolist()], H, W))
             assert (mask_util.decode(rle).astype(bool) == obj["mask"]).all()
+
+
+def test_shapes_keep_their_canonical_pose():
+    """Squares are rotated by at most MAX_ROTATION_DEG (an edge within that angle of the x
+    axis); over many draws both signs of rotation occur."""
+    from soco_d2.data.synthetic.drawing import shape_polygon
+
+    rng = np.random.default_rng(0)
+    angles = []
+    for _ in range(200):
+        poly = shape_polygon(rng, "square", 40.0, 100, 100, MAX_ROTATION_DEG)
+        dx, dy = poly[1] - poly[0]
+        angle = np.degrees(np.arctan2(dy, dx))
+        angle = (angle + 45.0) % 90.0 - 45.0  # a square's edge direction, modulo 90 degrees
+        angles.append(angle)
+    angles = np.array(angles)
+    assert np.abs(angles).max() <= MAX_ROTATION_DEG + 0.5  # + rounding of the stored corners
+    assert angles.min() < -MAX_ROTATION_DEG / 2 and angles.max() > MAX_ROTATION_DEG / 2
 
 
 def test_rerun_is_noop_and_conflicts_raise(tmp_path):
@@ -211,7 +230,7 @@ def test_detectron2_load_coco_json(dataset):
         for d in dicts:
             assert os.path.isfile(d["file_name"])
             assert d["file_name"].startswith(image_root)
-            assert 2 <= len(d["annotations"]) <= 6
+            assert MIN_OBJECTS <= len(d["annotations"]) <= MAX_OBJECTS
             for ann in d["annotations"]:
                 assert ann["bbox_mode"] == BoxMode.XYWH_ABS
                 assert isinstance(ann["segmentation"], list) and len(ann["segmentation"][0]) >= 6

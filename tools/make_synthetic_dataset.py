@@ -22,6 +22,7 @@ except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from soco_d2.data.synthetic import (  # noqa: E402
+    DEFAULTS,
     MANIFEST_NAME,
     generate_synthetic_dataset,
     read_synthetic_manifest,
@@ -31,11 +32,10 @@ from soco_d2.data.synthetic import (  # noqa: E402
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="datasets/soco_synthetic", help="output folder (default: %(default)s)")
-    p.add_argument("--num-train", type=int, default=200, help="train images (default: %(default)s)")
-    p.add_argument("--num-val", type=int, default=50, help="val images (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    p.add_argument("--min-size", type=int, default=224, help="smallest image side in px (default: %(default)s)")
-    p.add_argument("--max-size", type=int, default=320, help="largest image side in px (default: %(default)s)")
+    for name, help_text in (("num_train", "train images"), ("num_val", "val images"), ("seed", "random seed"),
+                            ("min_size", "smallest image side in px"), ("max_size", "largest image side in px")):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=DEFAULTS[name],
+                       help=f"{help_text} (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true",
                    help="regenerate even if the folder already holds a synthetic dataset")
     return p.parse_args(argv)

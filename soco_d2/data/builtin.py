@@ -6,18 +6,23 @@ Pretraining sets (images + proposals, labels ignored):
 - ``imagenet_train_soco``: ``imagenet/train/**`` with ``soco_proposals/imagenet_train.pkl``.
 - ``coco_2017_train_soco``: COCO train2017 images with ``soco_proposals/coco_2017_train.pkl``.
 
-Detection sets with labels (for fine-tuning and evaluation):
+Detection sets with labels (for fine-tuning, evaluation and the probe):
 
-- ``soco_synthetic_det_train`` / ``soco_synthetic_det_val``.
+- ``soco_synthetic_det_train`` / ``soco_synthetic_det_val``: all train / val scenes.
+- ``soco_synthetic_det_train_100``: the low-label split, the first 100 train scenes (by image
+  id) with their labels; pretraining uses all train scenes without labels.
 """
 import os
 
-from detectron2.data.datasets import register_coco_instances
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import load_coco_json, register_coco_instances
 
 from .pretrain_datasets import register_soco_images
 from .synthetic import SYNTHETIC_CATEGORIES, synthetic_split_paths
 
 SYNTHETIC_DIRNAME = "soco_synthetic"
+#: Labelled train scenes of the low-label fine-tuning split ``soco_synthetic_det_train_100``.
+LOW_LABEL_IMAGES = 100
 
 
 def datasets_root() -> str:
@@ -26,6 +31,20 @@ def datasets_root() -> str:
 
 def synthetic_proposal_file(root: str, split: str) -> str:
     return os.path.join(root, SYNTHETIC_DIRNAME, f"proposals_{split}.pkl")
+
+
+def register_coco_subset(name: str, metadata: dict, json_file: str, image_root: str,
+                         num_images: int) -> None:
+    """Register the first ``num_images`` images (by image id) of a COCO json, with their
+    annotations, as detection set ``name`` (like ``register_coco_instances``)."""
+
+    def load():
+        records = load_coco_json(json_file, image_root, name)
+        return sorted(records, key=lambda r: r["image_id"])[:num_images]
+
+    DatasetCatalog.register(name, load)
+    MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root,
+                                  evaluator_type="coco", **metadata)
 
 
 def register_all_builtin(root: str) -> None:
@@ -42,6 +61,9 @@ def register_all_builtin(root: str) -> None:
             },
         }
         register_coco_instances(f"soco_synthetic_det_{split}", meta, json_file, image_root)
+        if split == "train":
+            register_coco_subset(f"soco_synthetic_det_train_{LOW_LABEL_IMAGES}", meta, json_file,
+                                 image_root, LOW_LABEL_IMAGES)
 
     register_soco_images(
         "imagenet_train_soco",

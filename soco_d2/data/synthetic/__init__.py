@@ -1,10 +1,13 @@
 """Embedded default dataset: deterministic synthetic scenes with COCO annotations.
 
-The generator draws 2-6 geometric objects (circles, squares, triangles, ellipses,
-stars, hexagons) with varied colour, texture, scale and rotation on textured
-backgrounds (gradients, fractal noise, stripes, checkers).  Every image has its own
-size.  Annotations are written in COCO "instances" format so that Detectron2's
-``load_coco_json`` (and pycocotools) read them directly.
+The generator draws 1-4 shapes of four categories (circle, square, triangle, star) in their
+canonical pose (rotated by at most 15 degrees), with a colour and a texture drawn independently
+of the category, at 25-60% of the image's short side, on textured backgrounds (gradients,
+fractal noise, stripes, checkers). Only the shape tells the categories apart, so a probe or a
+detector that separates them has learnt shape. Every image has its own size (128-176 px by
+default: small enough for pretraining and fine-tuning on a CPU). Annotations are written in
+COCO "instances" format so that Detectron2's ``load_coco_json`` (and pycocotools) read them
+directly.
 
 Modules: :mod:`.drawing` (backgrounds, fills, shapes), :mod:`.scene` (object layout and one
 scene), :mod:`.dataset` (the files, jsons and manifest).
@@ -43,6 +46,7 @@ Design notes
 """
 
 from .dataset import (
+    DEFAULTS,
     GENERATOR_VERSION,
     MANIFEST_NAME,
     SPLITS,

@@ -23,6 +23,7 @@ from .scene import SYNTHETIC_CATEGORIES, render_synthetic_scene
 
 __all__ = [
     "GENERATOR_VERSION",
+    "DEFAULTS",
     "SPLITS",
     "MANIFEST_NAME",
     "generate_synthetic_dataset",
@@ -34,7 +35,12 @@ logger = logging.getLogger(__name__)
 
 #: Bump whenever the drawing code (drawing.py, scene.py) changes in a way that alters the
 #: output files.
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "2.0"
+
+#: The embedded dataset (``make demo``): 2000 unlabelled-for-pretraining train images (their
+#: labels are used only by the low-label fine-tuning split of the first 100, see
+#: soco_d2/data/builtin.py) and 200 val images, 128-176 px.
+DEFAULTS = {"num_train": 2000, "num_val": 200, "seed": 0, "min_size": 128, "max_size": 176}
 
 SPLITS = ("train", "val")
 
@@ -201,11 +207,11 @@ def _result(out_dir: str) -> Dict[str, Tuple[str, str]]:
 
 def generate_synthetic_dataset(
     out_dir: str,
-    num_train: int = 200,
-    num_val: int = 50,
-    seed: int = 0,
-    min_size: int = 224,
-    max_size: int = 320,
+    num_train: int = DEFAULTS["num_train"],
+    num_val: int = DEFAULTS["num_val"],
+    seed: int = DEFAULTS["seed"],
+    min_size: int = DEFAULTS["min_size"],
+    max_size: int = DEFAULTS["max_size"],
     overwrite: bool = False,
 ) -> dict:
     """Generate the synthetic COCO-style dataset into ``out_dir`` (see module docstring).

@@ -185,11 +185,10 @@ def object_fill(rng: np.random.Generator, h: int, w: int, c0, c1) -> np.ndarray:
 # ---------------------------------------------------------------------------
 def _unit_polygon(rng: np.random.Generator, name: str, extent_px: float) -> np.ndarray:
     """Polygon (N, 2) of the shape roughly in [-1, 1]^2, before rotation/scaling."""
-    if name in ("circle", "ellipse"):
+    if name == "circle":
         n = int(np.clip(math.ceil(math.pi * extent_px / 2.5), 24, 96))
         a = np.linspace(0.0, 2 * math.pi, n, endpoint=False)
-        ry = 1.0 if name == "circle" else rng.uniform(0.4, 0.72)
-        return np.stack([np.cos(a), ry * np.sin(a)], axis=1)
+        return np.stack([np.cos(a), np.sin(a)], axis=1)
     if name == "square":
         return np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], dtype=np.float64)
     if name == "triangle":
@@ -201,16 +200,15 @@ def _unit_polygon(rng: np.random.Generator, name: str, extent_px: float) -> np.n
         a = np.linspace(0.0, 2 * math.pi, 2 * k, endpoint=False)
         r = np.where(np.arange(2 * k) % 2 == 0, 1.0, rng.uniform(0.42, 0.55))
         return np.stack([r * np.cos(a), r * np.sin(a)], axis=1)
-    if name == "hexagon":
-        a = np.linspace(0.0, 2 * math.pi, 6, endpoint=False)
-        return np.stack([np.cos(a), np.sin(a)], axis=1)
     raise ValueError(f"unknown shape {name!r}")
 
 
-def shape_polygon(rng, name: str, extent_px: float, h: int, w: int) -> np.ndarray:
-    """Rotated, scaled and translated polygon whose larger box side is ``extent_px``."""
+def shape_polygon(rng, name: str, extent_px: float, h: int, w: int,
+                  max_rotation_deg: float = 180.0) -> np.ndarray:
+    """Rotated (uniformly in +-``max_rotation_deg`` about the shape's canonical pose), scaled
+    and translated polygon whose larger box side is ``extent_px``."""
     poly = _unit_polygon(rng, name, extent_px)
-    theta = rng.uniform(0.0, 2 * math.pi)
+    theta = math.radians(rng.uniform(-max_rotation_deg, max_rotation_deg))
     c, s = math.cos(theta), math.sin(theta)
     poly = poly @ np.array([[c, s], [-s, c]])
     lo = poly.min(axis=0)
