@@ -9,7 +9,8 @@ Pieces every method shares:
   adds the shared keys and every method's).
 - ``data``: pretraining datasets and their deterministic sample stream, the loader, image
   decoding, unsupervised proposals, box/view geometry, colour augmentation, synthetic data.
-- ``modeling``: the momentum target and MLP heads.
+- ``modeling``: the momentum target, MLP heads, init tricks, detector heads for transfer.
+- ``evaluation``: the probe (kNN / linear accuracy of a trunk's box features).
 - ``solver``: LARS, the optimizer, epochs -> iterations.
 - ``engine``: PretrainTrainer and its hooks, DDP on CPU, atomic checkpoints, DetectionTrainer.
 - ``export``: trunk export driven by each method's declaration.
@@ -23,6 +24,7 @@ from .config import add_config
 from .methods import get_method, registered_methods
 
 from . import data  # noqa: F401  (registers the built-in datasets in DatasetCatalog)
+from . import modeling  # noqa: F401  (registers the transfer heads in ROI_HEADS_REGISTRY)
 from .methods import soco  # noqa: F401  (registers the SoCo method and meta-architecture)
 from .methods.soco import add_soco_config
 

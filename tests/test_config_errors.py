@@ -25,7 +25,7 @@ def test_unknown_key_on_the_command_line(tmp_path):
     ("INPUT.SOCO.NUM_PROPOSALS", "0", "INPUT.SOCO.NUM_PROPOSALS (K) must be >= 1, got 0"),
     ("INPUT.SOCO.VIEW1_SIZE", "0", "INPUT.SOCO.VIEW1_SIZE must be >= 32 "),
     ("INPUT.SOCO.VIEW2_SIZE", "-64", "INPUT.SOCO.VIEW2_SIZE must be >= 32 "),
-    ("INPUT.SOCO.VIEW3_SIZE", "16", "INPUT.SOCO.VIEW3_SIZE must be >= 32 "),
+    ("INPUT.SOCO.VIEW3_SIZE", "16", "or 0 for no V3; got 16"),
     ("INPUT.SOCO.VIEW4_SIZE", "24", "or 0 for no V4; got 24"),
     ("INPUT.SOCO.VIEW3_MODE", "resize",
      "INPUT.SOCO.VIEW3_MODE must be one of ['crop', 'downsample'], got 'resize'"),
@@ -49,7 +49,7 @@ def test_bad_value_names_the_key(tmp_path, key, value, message):
 
 def test_all_problems_are_reported_at_once(tmp_path):
     with pytest.raises(ConfigError) as e:
-        _setup(tmp_path, "INPUT.SOCO.NUM_PROPOSALS", "0", "INPUT.SOCO.VIEW3_SIZE", "0",
+        _setup(tmp_path, "INPUT.SOCO.NUM_PROPOSALS", "0", "INPUT.SOCO.VIEW3_SIZE", "8",
                "SOLVER.OPTIMIZER", "adamw")
     text = str(e.value)
     assert text.startswith("Invalid SoCo config")

@@ -276,34 +276,54 @@ def test_four_views(image_path):
 
 
 def test_cutout_in_boxes_function():
+    """Published cutout: a square of 10-30% of the box's area centred in the box, filled with
+    the given colour, clipped to the image (not to the box)."""
     img = np.full((50, 60, 3), 255, np.uint8)
-    boxes = np.array([[5.0, 5.0, 25.0, 30.0], [30.5, 10.2, 55.7, 45.9]], np.float32)
-    cutout_in_boxes(img, boxes, prob=1.0, area=(0.1, 0.3))
-    zero = (img == 0).all(2)
-    inside = np.zeros_like(zero)
+    fill = (10, 20, 30)
+    # The second box touches the image border: its square may be clipped by the image.
+    boxes = np.array([[5.0, 5.0, 25.0, 30.0], [40.5, 10.2, 60.0, 45.9]], np.float32)
+    cutout_in_boxes(img, boxes, prob=1.0, area=(0.1, 0.3), fill=fill)
+    filled = (img == np.array(fill, np.uint8)).all(2)
+    assert ((img == 255).all(2) | filled).all()  # only the fill colour is written
+    largest = 0.0
     for x1, y1, x2, y2 in boxes:
-        inside[int(np.floor(y1)):int(np.ceil(y2)), int(np.floor(x1)):int(np.ceil(x2))] = True
-        region = zero[int(y1):int(y2), int(x1):int(x2)]
-        assert 0.05 * region.size <= region.sum() <= 0.4 * region.size
-    assert not (zero & ~inside).any()
-    assert ((img == 0) | (img == 255)).all()
+        region = filled[int(y1):int(np.ceil(y2)), int(x1):int(np.ceil(x2))]
+        assert region.any()  # centred in the box, so some of it lies in the box
+        largest += (np.sqrt(0.3 * (x2 - x1) * (y2 - y1)) + 1) ** 2  # side rounded up by 1 px
+    assert filled.sum() <= largest
 
 
-def test_cutout_in_mapper_only_in_boxes_of_crop_views(tmp_path):
+def test_cutout_square_is_clipped_to_the_image_not_the_box():
+    """A square centred near a box's corner reaches outside the box (but never the image)."""
+    outside_box = 0
+    for seed in range(20):
+        np.random.seed(seed)
+        img = np.full((64, 64, 3), 255, np.uint8)
+        box = np.array([[20.0, 20.0, 44.0, 44.0]], np.float32)
+        cutout_in_boxes(img, box, prob=1.0, area=(0.3, 0.3), fill=(0, 0, 0))
+        filled = (img == 0).all(2)
+        inside = np.zeros_like(filled)
+        inside[20:44, 20:44] = True
+        outside_box += int((filled & ~inside).any())
+    assert outside_box > 0
+
+
+def test_cutout_in_mapper_fills_with_the_pixel_mean_on_crop_views(tmp_path):
+    """On V2/V3/V4 only, in the pixel-mean colour (0 after normalisation), given in
+    INPUT.FORMAT order (RGB here) while the mapper works in BGR."""
     path = write(tmp_path, "white.png", np.full((120, 160, 3), 255, np.uint8))
     boxes = [[10, 10, 70, 60], [80, 40, 150, 110], [30, 50, 120, 115]]
     colour_off = {k: v for k, v in NO_COLOUR.items() if k != "cutout_in_box"}
-    mapper = SoCoDatasetMapper(cutout_prob=1.0, view4_size=48, **SMALL, **colour_off)
+    mean_rgb = (123.675, 116.28, 103.53)
+    mapper = SoCoDatasetMapper(cutout_prob=1.0, cutout_fill=mean_rgb, view4_size=48, **SMALL, **colour_off)
+    fill = torch.tensor([124, 116, 104], dtype=torch.uint8)[:, None, None]  # RGB, rounded
     for _ in range(5):
         out = mapper(record(path, boxes))
         assert (out["views"][0]["image"] == 255).all()  # never on V1
         for v in out["views"][1:]:
-            zero = (v["image"] == 0).all(0).numpy()
-            assert zero.any()
-            inside = np.zeros_like(zero)
-            for x1, y1, x2, y2 in v["boxes"].tensor.tolist():
-                inside[int(np.floor(y1)):int(np.ceil(y2)), int(np.floor(x1)):int(np.ceil(x2))] = 1
-            assert not (zero & ~inside).any()
+            filled = (v["image"] == fill).all(0)
+            assert filled.any()
+            assert ((v["image"] == 255).all(0) | filled).all()
 
 
 @pytest.mark.parametrize("kind", ["gray", "rgba", "gray16", "jpeg_gray"])
@@ -415,3 +435,43 @@ def test_from_config(image_path):
     assert mapper.level_assignment == "canonical" and mapper.k == 3
     out = mapper(record(image_path, [[10, 10, 100, 90], [50, 40, 150, 110]]))
     check_output(out, 3, [64, 64, 32, 16])
+
+
+@pytest.mark.parametrize("min_overlap", [0.0, 0.5])
+def test_proposal_counts_for_a_crop_when_it_overlaps_it(min_overlap):
+    """Published rule (min_overlap 0): any overlap with the crop counts; the ablation 0.5 asks
+    for half of the box inside. Proposals are a grid of boxes, so some always straddle the
+    crop's border."""
+    from soco_d2.data.box_ops import inside_fraction
+    from soco_d2.methods.soco.views import select_in_crop
+
+    xs = np.arange(0, 100, 10, dtype=np.float32)
+    boxes = np.array([[x, y, x + 25, y + 25] for x in xs for y in xs], np.float32)
+    fractions = []
+    for _ in range(50):
+        crop, chosen = select_in_crop(boxes, 120, 120, 8, (0.2, 0.3), (1.0, 1.0), 0, min_overlap)
+        frac = inside_fraction(boxes[chosen], crop)
+        assert (frac > 0).all() and (frac >= min_overlap).all()
+        fractions += frac.tolist()
+    assert (min(fractions) < 0.5) == (min_overlap == 0.0)
+
+
+def test_mapper_clips_a_partly_visible_proposal_to_the_crop(tmp_path):
+    """With the published rule a box half outside V2's crop is kept, clipped to the view."""
+    path = write(tmp_path, "tex.png", smooth_texture(120, 160))
+    mapper = SoCoDatasetMapper(num_proposals=2, crop_scale=(0.3, 0.4), **SMALL, **NO_COLOUR)
+    assert mapper.min_overlap == 0.0  # the default is the published rule
+    boxes = random_proposals(np.random.default_rng(2), 160, 120, 20)
+    for _ in range(10):
+        for v in mapper(record(path, boxes))["views"]:
+            b = v["boxes"].tensor
+            size = v["image"].shape[-1]
+            assert (b >= 0).all() and (b <= size).all()
+
+
+def test_two_view_mode_for_the_published_c4_run(image_path):
+    """VIEW3_SIZE 0: V1 and V2 only, one pair (the published R50-C4 run)."""
+    out = SoCoDatasetMapper(view1_size=64, view2_size=64, view3_size=0, **NO_COLOUR)(
+        record(image_path, [[10, 10, 90, 80], [40, 20, 150, 110]]))
+    check_output(out, 4, [64, 64])
+    assert [p[:2] for p in out["pairs"]] == [(0, 1)]

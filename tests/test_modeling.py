@@ -276,13 +276,47 @@ def test_equal_size_views_share_one_forward():
     assert calls["target"] == calls["online"]
 
 
-def test_sizes_not_divisible_by_stride_are_padded():
+def test_fpn_views_go_through_unpadded():
+    """A view whose side is not a multiple of 32 (112 px in the published run; 48 here) is not
+    zero-padded: the top-down pathway upsamples to each lateral's size."""
     model = tiny_model().train()
     shapes = []
     model.backbone.bottom_up.register_forward_pre_hook(lambda m, i: shapes.append(tuple(i[0].shape)))
     loss = model(make_inputs(sizes=(64, 64, 48)))["loss_soco"]
     assert torch.isfinite(loss)
-    assert shapes[1] == (2, 3, 64, 64)
+    assert shapes[1] == (2, 3, 48, 48)
+
+
+def test_fpn_forward_on_a_size_fpn_forward_cannot_take():
+    """112 px: res5 is 4 x 4 and res4 7 x 7, so the stock FPN (upsampling by exactly 2) fails;
+    fpn_forward upsamples to 7 x 7 and gives P2..P5 at the strides' sizes."""
+    from soco_d2.methods.soco.fpn_levels import fpn_forward
+
+    model = tiny_model().eval()
+    x = torch.randn(1, 3, 112, 112)
+    with torch.no_grad():
+        with pytest.raises(RuntimeError):
+            model.backbone(x)
+        out = fpn_forward(model.backbone, x, [True] * 4)
+    assert [tuple(out[p].shape[-2:]) for p in FPN_LEVELS] == [(28, 28), (14, 14), (7, 7), (4, 4)]
+
+
+@pytest.mark.parametrize("zero_init", [True, False])
+def test_zero_init_residual_before_the_target_copy(zero_init):
+    """MODEL.SOCO.ZERO_INIT_RESIDUAL: the last BN scale of every residual block is 0 in the
+    online AND the target backbone at initialisation (the copy is made after zeroing)."""
+    from detectron2.modeling.backbone.resnet import BasicBlock
+
+    cfg = tiny_cfg()
+    cfg.MODEL.SOCO.ZERO_INIT_RESIDUAL = zero_init
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    for net in (model.backbone, model.target["backbone"]):
+        blocks = [m for m in net.modules() if isinstance(m, BasicBlock)]
+        assert len(blocks) == 8  # ResNet-18
+        for b in blocks:
+            assert (b.conv2.norm.weight == 0).all() == zero_init
+            assert (b.conv1.norm.weight == 1).all()
 
 
 @pytest.mark.parametrize("norm", ["SyncBN", "naiveSyncBN"])

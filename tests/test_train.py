@@ -53,6 +53,14 @@ def test_single_process_run_writes_checkpoint_metrics_and_momentum(tiny_images, 
     assert torch.isfinite(torch.tensor(last["total_loss"]))
     # cosine schedule from 0.99: strictly between base and 1 before the end, 1 at the end
     assert last["soco/momentum"] == pytest.approx(1.0)
+    # learning monitors at the writers' period (and the last iteration)
+    for pair in ("v1_v2", "v1_v3"):
+        assert -1.0 <= last[f"soco/cos_{pair}"] <= 1.0
+    d = 32  # PROJECTOR_DIM of the instant config
+    assert 0 < last["soco/target_std"] <= 1.0
+    assert last["soco/target_std_x_sqrt_d"] == pytest.approx(last["soco/target_std"] * d ** 0.5, rel=1e-4)
+    for part in ("bottom_up", "fpn", "box_head", "projector", "predictor", "group_lars", "group_no_lars"):
+        assert 0 < last[f"update_ratio/{part}"] < 1, part
     ckpt = torch.load(tmp_path / "model_final.pth", map_location="cpu", weights_only=False)
     assert ckpt["iteration"] == 2
     assert any(k.startswith("target.backbone.") for k in ckpt["model"])
@@ -91,16 +99,58 @@ def test_two_process_gloo_run_keeps_ranks_identical(tiny_images, tmp_path):
     assert os.path.isfile(tmp_path / "model_final.pth")
 
 
-def test_cpu_mixed_precision_is_bf16_autocast(tiny_images, tmp_path):
-    amp = ["SOLVER.AMP.ENABLED", "True", "SOLVER.MAX_ITER", "2"]
-    _train_and_dump(_opts(tiny_images, tmp_path, "test_train_syn_amp") + amp
-                    + ["SOLVER.AMP.PRECISION", "bfloat16"], str(tmp_path))
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_cpu_mixed_precision_fits_the_cpu(tiny_images, tmp_path, monkeypatch, native_bf16):
+    """SOLVER.AMP.ENABLED on a CPU: bf16 autocast where the CPU has native bf16, fp32 where it
+    has not (whatever SOLVER.AMP.PRECISION says); parameters stay fp32 either way."""
+    from detectron2.engine import SimpleTrainer
+
+    from soco_d2.engine import precision
+    from soco_d2.engine.ddp import CPUAutocastTrainer
+    from soco_d2.methods.soco import SoCoTrainer
+    from train_net import setup
+
+    features = precision.CpuFeatures(amx_bf16=native_bf16, avx512_bf16=False, capability="test")
+    monkeypatch.setattr(precision, "cpu_features", lambda: features)
+    opts = _opts(tiny_images, tmp_path, "test_train_syn_amp") + [
+        "SOLVER.AMP.ENABLED", "True", "SOLVER.MAX_ITER", "2", "SOLVER.AMP.PRECISION", "float16"]
+    torch.set_num_threads(1)
+    trainer = SoCoTrainer(setup(TrainArgs(opts)))
+    expected = CPUAutocastTrainer if native_bf16 else SimpleTrainer
+    assert type(trainer._trainer) is expected
+    trainer.resume_or_load(resume=False)
+    trainer.train()
     with open(tmp_path / "metrics.json") as f:
         last = [json.loads(line) for line in f][-1]
     assert torch.isfinite(torch.tensor(last["total_loss"]))
-    # parameters stay fp32 under autocast
-    state = torch.load(tmp_path / "rank0.pth", weights_only=True)
-    assert state["backbone.bottom_up.stem.conv1.weight"].dtype == torch.float32
-    with pytest.raises(ValueError, match="SOLVER.AMP.PRECISION"):
-        _train_and_dump(_opts(tiny_images, tmp_path / "fp16", "test_train_syn_amp") + amp
-                        + ["SOLVER.AMP.PRECISION", "float16"], str(tmp_path))
+    assert trainer.model.backbone.bottom_up.stem.conv1.weight.dtype == torch.float32
+    log = (tmp_path / "log.txt").read_text()
+    assert ("bf16 autocast" if native_bf16 else "no native bf16") in log
+
+
+def test_probe_hook_measures_initialisation_and_end(tiny_images, tmp_path):
+    """TEST.PROBE.DATASET set: the probe runs before the first step and after the last, into
+    metrics.json (kNN / linear accuracies in [0, 1]) and the log."""
+    from detectron2.data.datasets import register_coco_instances
+
+    json_file, image_root = tiny_images
+    register_coco_instances("test_probe_det", {}, json_file, image_root)
+    opts = _opts(tiny_images, tmp_path) + [
+        "SOLVER.MAX_ITER", "3", "TEST.PROBE.DATASET", "test_probe_det", "TEST.PROBE.PERIOD", "1",
+    ]
+    _train_and_dump(opts, str(tmp_path))
+    with open(tmp_path / "probe.json") as f:
+        probes = json.load(f)["probes"]
+    # before the first step, after step 1 (period 1), after the last step
+    assert [(p["iteration"], p["when"]) for p in probes] == [
+        (0, "initialisation"), (0, "periodic"), (1, "periodic"), (2, "final")]
+    for p in probes:
+        assert p["num_images"] == 8 and p["num_classes"] >= 1
+        for key in ("knn_head", "linear_head", "knn_pooled", "linear_pooled"):
+            assert 0.0 <= p[key] <= 1.0
+    with open(tmp_path / "metrics.json") as f:
+        last = [json.loads(line) for line in f][-1]
+    assert last["iteration"] == 2 and last["probe/knn_head"] == probes[-1]["knn_head"]
+    log = (tmp_path / "log.txt").read_text()
+    assert "Probe of the trunk (initialisation, iteration 0)" in log
+    assert "Probe of the trunk (final, iteration 2)" in log

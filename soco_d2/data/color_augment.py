@@ -111,23 +111,29 @@ def apply_color_recipe(img: np.ndarray, recipe: ColorRecipe, bgr: bool = False) 
 
 
 def cutout_in_boxes(
-    img: np.ndarray, boxes: np.ndarray, prob: float, area: Sequence[float]
+    img: np.ndarray, boxes: np.ndarray, prob: float, area: Sequence[float],
+    fill: Sequence[float] = (0, 0, 0),
 ) -> np.ndarray:
-    """Zero a square inside each box with probability ``prob`` (in place; returns ``img``).
+    """SoCo's cutout: fill a square at each box with probability ``prob`` (in place; returns
+    ``img``), as the authors' published FPN run does.
 
     The square covers a ``U(area)`` fraction of the box's area and is centred at a uniformly
-    random point of the box; it is clipped to the box, so only pixels of boxes are zeroed.
+    random point of the box. It is clipped to the image, not to the box (near a box edge it
+    reaches outside the box), and filled with ``fill``, one value per channel in the image's
+    channel order: the dataset mean colour, i.e. 0 after the model's normalisation.
     """
     n = len(boxes)
     if n == 0 or prob <= 0:
         return img
+    h, w = img.shape[:2]
+    colour = np.asarray(fill, dtype=np.float64).round().clip(0, 255).astype(img.dtype)
     u = np.random.random_sample((n, 4))
     for (x1, y1, x2, y2), (u_p, u_a, u_x, u_y) in zip(boxes.tolist(), u):
         if u_p >= prob:
             continue
         half = 0.5 * np.sqrt((area[0] + (area[1] - area[0]) * u_a) * (x2 - x1) * (y2 - y1))
         cx, cy = x1 + (x2 - x1) * u_x, y1 + (y2 - y1) * u_y
-        xa, xb = int(round(max(cx - half, x1))), int(round(min(cx + half, x2)))
-        ya, yb = int(round(max(cy - half, y1))), int(round(min(cy + half, y2)))
-        img[ya:yb, xa:xb] = 0
+        xa, xb = int(round(max(cx - half, 0))), int(round(min(cx + half, w)))
+        ya, yb = int(round(max(cy - half, 0))), int(round(min(cy + half, h)))
+        img[ya:yb, xa:xb] = colour
     return img

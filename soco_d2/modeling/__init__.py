@@ -1,8 +1,11 @@
-"""Model pieces every pretraining method shares: the momentum target and MLP heads.
+"""Model pieces every pretraining method shares: the momentum target, MLP heads, init tricks.
 
 A method's meta-architecture lives in its folder (``soco_d2/methods/<method>/meta_arch.py``).
 """
+from . import detection_heads  # noqa: F401  (registers Res5ROIHeadsExtraNorm in ROI_HEADS_REGISTRY)
+from .init import zero_init_residual_gamma
 from .mlp import MLPHead, NaiveSyncBatchNorm1d, get_norm_1d
 from .momentum import MomentumTarget, ema_update, momentum_at
 
-__all__ = ["MomentumTarget", "momentum_at", "ema_update", "MLPHead", "NaiveSyncBatchNorm1d", "get_norm_1d"]
+__all__ = ["MomentumTarget", "momentum_at", "ema_update", "MLPHead", "NaiveSyncBatchNorm1d", "get_norm_1d",
+           "zero_init_residual_gamma"]

@@ -26,7 +26,7 @@ def add_soco_config(cfg):
     _C.INPUT.SOCO.VIEW1_SIZE = 224
     # Side of V2, a random resized crop (Sec. 2).
     _C.INPUT.SOCO.VIEW2_SIZE = 224
-    # Side of V3 (112; 192 for SoCo*).
+    # Side of V3 (112; 192 for SoCo*); 0: no V3 (the published R50-C4 run has V1 and V2 only).
     _C.INPUT.SOCO.VIEW3_SIZE = 112
     # How V3 is made: "crop" = its own random resized crop (published run),
     # "downsample" = V2 resized (paper text).
@@ -41,8 +41,10 @@ def add_soco_config(cfg):
     _C.INPUT.SOCO.CROP_RETRIES = 5
     # K: proposals per image (Sec. 2, K=4 best in the ablation).
     _C.INPUT.SOCO.NUM_PROPOSALS = 4
-    # Fraction of a proposal's area that must fall inside a crop for it to count as overlapping.
-    _C.INPUT.SOCO.MIN_OVERLAP = 0.5
+    # Fraction of a proposal's area that must fall inside a crop for it to count for that view.
+    # 0: any overlap counts and the box is clipped to the crop (the authors' published run);
+    # 0.5: the ablation "at least half of the box inside".
+    _C.INPUT.SOCO.MIN_OVERLAP = 0.0
     # Box jitter on V1's boxes: probability and ratio r (Sec. 2).
     _C.INPUT.SOCO.BOX_JITTER_PROB = 0.5
     _C.INPUT.SOCO.BOX_JITTER_RATIO = 0.1
@@ -57,7 +59,9 @@ def add_soco_config(cfg):
     _C.INPUT.SOCO.BLUR_SIGMA = (0.1, 2.0)
     # Solarize probability for (V1, other views).
     _C.INPUT.SOCO.SOLARIZE_PROB = (0.0, 0.2)
-    # Cutout inside boxes on V2/V3 (published FPN run): per-box probability and area range.
+    # Cutout at the boxes of V2/V3 (published FPN run; off for SoCo* and C4 has it on V2): per
+    # box with this probability, a square of CUTOUT_AREA of the box's area centred in the box,
+    # clipped to the image and filled with MODEL.PIXEL_MEAN (0 after normalisation).
     _C.INPUT.SOCO.CUTOUT_IN_BOX = True
     _C.INPUT.SOCO.CUTOUT_PROB = 0.5
     _C.INPUT.SOCO.CUTOUT_AREA = (0.1, 0.3)
@@ -79,6 +83,9 @@ def add_soco_config(cfg):
     # NHWC memory format for conv weights and images: same values, faster convolutions
     # (oneDNN on CPU, tensor cores on GPU).
     _C.MODEL.SOCO.CHANNELS_LAST = True
+    # Start the last BN gamma of every residual block of the online trunk at 0, before the
+    # target copy (published run; BYOL's and Goyal et al.'s "zero-init residual").
+    _C.MODEL.SOCO.ZERO_INIT_RESIDUAL = True
     # tau_base of the target momentum schedule (Sec. 6).
     _C.MODEL.SOCO.MOMENTUM = 0.99
     return cfg
@@ -118,10 +125,10 @@ def validate_soco_config(cfg) -> None:
         problems.append(f"INPUT.SOCO.NUM_PROPOSALS (K) must be >= 1, got {s.NUM_PROPOSALS}")
     for key in ("VIEW1_SIZE", "VIEW2_SIZE", "VIEW3_SIZE", "VIEW4_SIZE"):
         size = s[key]
-        if key == "VIEW4_SIZE" and size == 0:
-            continue  # no fourth view
+        if key in ("VIEW3_SIZE", "VIEW4_SIZE") and size == 0:
+            continue  # no third / fourth view
         if size < MIN_VIEW_SIZE:
-            off = ", or 0 for no V4" if key == "VIEW4_SIZE" else ""
+            off = f", or 0 for no V{key[4]}" if key in ("VIEW3_SIZE", "VIEW4_SIZE") else ""
             problems.append(
                 f"INPUT.SOCO.{key} must be >= {MIN_VIEW_SIZE} (the stride of P5/res5 and the "
                 f"smallest box side the proposal filter keeps){off}; got {size}"

@@ -36,7 +36,8 @@ def levels_needed(levels: List[torch.Tensor], num_levels: int, all_levels: bool)
 
 def fpn_forward(fpn: FPN, x: torch.Tensor, needed: List[bool]) -> Dict[str, Optional[torch.Tensor]]:
     """FPN.forward restricted to the levels in ``needed`` (one flag per FPN output before the
-    top block, finest first). Levels not needed map to None; the top block (P6) is not run."""
+    top block, finest first). Levels not needed map to None; the top block (P6) is not run.
+    Unlike FPN.forward, ``x`` need not be padded to a multiple of the coarsest stride."""
     bottom_up = fpn.bottom_up(x)
     names = fpn._out_features[: len(fpn.in_features)]
     assert len(needed) == len(names), f"need one flag per level {names}, got {len(needed)}"
@@ -49,7 +50,10 @@ def fpn_forward(fpn: FPN, x: torch.Tensor, needed: List[bool]) -> Dict[str, Opti
         if prev is None:
             prev = lateral
         else:
-            prev = lateral + F.interpolate(prev, scale_factor=2.0, mode="nearest")
+            # Upsampled to the lateral's size rather than by 2: the same for input sizes that
+            # are multiples of the coarsest stride, and it lets a 112 px view through
+            # unpadded (res5 4x4 -> res4 7x7), as the published run does.
+            prev = lateral + F.interpolate(prev, size=lateral.shape[-2:], mode="nearest")
             if fpn._fuse_type == "avg":
                 prev = prev / 2
         if needed[level]:

@@ -4,7 +4,8 @@ Output of ``SoCoDatasetMapper(cfg)(record)`` (what the SoCo model's forward take
 
     {
       "file_name": str, "image_id": int | str,
-      "views": [                       # V1, V2, V3 (, V4 when INPUT.SOCO.VIEW4_SIZE > 0)
+      "views": [                       # V1, V2 (, V3 unless INPUT.SOCO.VIEW3_SIZE is 0)
+                                       # (, V4 when INPUT.SOCO.VIEW4_SIZE > 0)
         {
           "image": torch.uint8 tensor (3, S_v, S_v), channel order cfg.INPUT.FORMAT ("RGB"
                    in SoCo configs), NOT normalised (the model subtracts PIXEL_MEAN / PIXEL_STD),
@@ -85,7 +86,7 @@ class SoCoDatasetMapper:
         crop_ratio: Tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
         crop_retries: int = 5,
         num_proposals: int = 4,
-        min_overlap: float = 0.5,
+        min_overlap: float = 0.0,
         box_jitter_prob: float = 0.5,
         box_jitter_ratio: float = 0.1,
         flip_prob: float = 0.5,
@@ -98,6 +99,7 @@ class SoCoDatasetMapper:
         cutout_in_box: bool = True,
         cutout_prob: float = 0.5,
         cutout_area: Tuple[float, float] = (0.1, 0.3),
+        cutout_fill: Sequence[float] = (0.0, 0.0, 0.0),
         level_assignment: str = "scale_aware",
         level_thresholds: Sequence[float] = (48, 96, 192),
         reduced_decode: bool = True,
@@ -108,16 +110,20 @@ class SoCoDatasetMapper:
             image_format: channel order of the output images, "RGB" or "BGR".
             view1_size .. view4_size: output sides of the views (view4_size 0: no V4).
             view3_mode: "crop" (own random resized crop) or "downsample" (V2 resized).
+                ``view3_size`` 0: no V3 (the published C4 run's two views).
             crop_scale, crop_ratio: area and aspect ranges of the random resized crops.
             crop_retries: extra crops tried while fewer than K proposals overlap.
             num_proposals: K, proposals per view pair.
-            min_overlap: fraction of a proposal's area that must lie inside a crop.
+            min_overlap: fraction of a proposal's area that must lie inside a crop; 0: any
+                overlap counts (the authors' run), the box is then clipped to the crop.
             box_jitter_prob, box_jitter_ratio: per-box jitter of V1's boxes (and the ratio of
                 the jittered copies that pad a pair).
             flip_prob: horizontal flip probability of every view.
             color_jitter_prob, color_jitter, grayscale_prob, blur_sigma: colour recipe.
             blur_prob, solarize_prob: (V1, other views).
-            cutout_in_box, cutout_prob, cutout_area: cutout inside the boxes of V2/V3/V4.
+            cutout_in_box, cutout_prob, cutout_area: cutout at the boxes of V2/V3/V4.
+            cutout_fill: the cutout's colour in ``image_format`` order (the model's
+                PIXEL_MEAN, which normalises to 0).
             level_assignment: "scale_aware", "canonical" or "all" (stores scale_aware).
             level_thresholds: box sizes separating P2/P3/P4/P5.
             reduced_decode: allow JPEG decoding at a reduced DCT scale (see ``_reduce_factor``).
@@ -151,7 +157,11 @@ class SoCoDatasetMapper:
             ColorRecipe(blur_prob=blur_prob[0], solarize_prob=solarize_prob[0], **common),
             ColorRecipe(blur_prob=blur_prob[1], solarize_prob=solarize_prob[1], **common),
         )
-        self.cutout = (float(cutout_prob) if cutout_in_box else 0.0, tuple(cutout_area))
+        # The mapper works in BGR (OpenCV) until _finish: the fill colour too.
+        fill = tuple(float(c) for c in cutout_fill)
+        if image_format == "RGB":
+            fill = fill[::-1]
+        self.cutout = (float(cutout_prob) if cutout_in_box else 0.0, tuple(cutout_area), fill)
         self.level_assignment = level_assignment
         self.level_thresholds = tuple(level_thresholds)
         self.reduced_decode = reduced_decode
@@ -187,6 +197,7 @@ class SoCoDatasetMapper:
             "cutout_in_box": s.CUTOUT_IN_BOX,
             "cutout_prob": s.CUTOUT_PROB,
             "cutout_area": s.CUTOUT_AREA,
+            "cutout_fill": cfg.MODEL.PIXEL_MEAN,
             "level_assignment": cfg.MODEL.SOCO.LEVEL_ASSIGNMENT,
             "level_thresholds": cfg.MODEL.SOCO.LEVEL_THRESHOLDS,
         }
@@ -315,7 +326,7 @@ class SoCoDatasetMapper:
             self._add(pool, np.array([[0, 0, width, height]], np.float32))
         pool["n_base"] = len(pool["boxes"])
 
-        crop_views = [1, 2] if self.view3_mode == "crop" else [1]
+        crop_views = [1, 2] if self.view3_mode == "crop" and self.sizes[2] > 0 else [1]
         selections = {v: self._select(pool, v, width, height) for v in crop_views}
 
         if img is None:
@@ -350,7 +361,8 @@ class SoCoDatasetMapper:
             pairs.append((0, len(views) - 1, [where_v1[p] for p in chosen.tolist()]))
 
         # Views made by resizing V2 (same proposals and flip as V2).
-        derived = ([self.sizes[2]] if self.view3_mode == "downsample" else []) + (
+        downsampled_v3 = self.view3_mode == "downsample" and self.sizes[2] > 0
+        derived = ([self.sizes[2]] if downsampled_v3 else []) + (
             [self.view4_size] if self.view4_size > 0 else []
         )
         v2_view, v2_boxes, v2_ids = views[1]

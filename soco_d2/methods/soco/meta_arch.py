@@ -14,6 +14,7 @@ import itertools
 from typing import Dict, List, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from detectron2.config import configurable
@@ -21,7 +22,9 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.modeling.backbone import FPN, Backbone
 from detectron2.structures import Boxes, ImageList
 
+from ...evaluation.probe import BoxFeatureTrunk
 from ...modeling import MLPHead, MomentumTarget
+from ...modeling.init import zero_init_residual_gamma
 from .box_branch import build_box_branch
 from .fpn_levels import fpn_forward, levels_needed
 from .loss import symmetric_pair_loss
@@ -90,6 +93,7 @@ class SoCo(MomentumTarget, nn.Module):
         pixel_std: Sequence[float],
         channels_last: bool = False,
         momentum: float = 0.99,
+        zero_init_residual: bool = False,
     ):
         """
         Args:
@@ -102,8 +106,12 @@ class SoCo(MomentumTarget, nn.Module):
             channels_last: keep conv weights and images in NHWC memory format (same values,
                 faster convolutions with oneDNN on CPU and with tensor cores on GPU).
             momentum: tau_base of the target's momentum schedule (the trainer applies it).
+            zero_init_residual: start the last BatchNorm scale of every residual block of the
+                online backbone at 0 (before the target copy), as the published run does.
         """
         super().__init__()
+        if zero_init_residual:
+            zero_init_residual_gamma(backbone)
         self.backbone = backbone
         self.roi_heads = roi_heads
         self.projector = projector
@@ -133,6 +141,7 @@ class SoCo(MomentumTarget, nn.Module):
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "channels_last": cfg.MODEL.SOCO.CHANNELS_LAST,
             "momentum": cfg.MODEL.SOCO.MOMENTUM,
+            "zero_init_residual": cfg.MODEL.SOCO.ZERO_INIT_RESIDUAL,
         }
 
     @property
@@ -195,15 +204,42 @@ class SoCo(MomentumTarget, nn.Module):
 
         assert len(batched_inputs[0]["pairs"]) > 0, "no view pairs to compute the loss on"
         loss = keepalive
+        monitors = {}
         for a, b, rows_a, rows_b in self._matched_rows(batched_inputs, counts):
             rows_a, rows_b = rows_a.to(self.device), rows_b.to(self.device)
-            loss = loss + symmetric_pair_loss(
+            pair_loss = symmetric_pair_loss(
                 online[a]["predictions"][rows_a],
                 online[b]["predictions"][rows_b],
                 target_proj[a][rows_a],
                 target_proj[b][rows_b],
             )
+            loss = loss + pair_loss
+            # Two byol terms of 2 - 2 cos each: their mean cosine is 1 - pair_loss / 4.
+            monitors[f"soco/cos_v{a + 1}_v{b + 1}"] = 1.0 - pair_loss.detach() / 4.0
+        # Collapse monitor (BYOL): per-dimension std over all objects of the L2-normalised
+        # target projections; about 1/sqrt(D) when healthy, towards 0 when they collapse.
+        z = F.normalize(torch.cat(target_proj).detach().float(), dim=1)
+        monitors["soco/target_std"] = z.std(dim=0).mean()
+        monitors["soco/target_std_x_sqrt_d"] = monitors["soco/target_std"] * z.shape[1] ** 0.5
+        self._monitors = monitors
         return {"loss_soco": loss}
+
+    def monitors(self) -> Dict[str, torch.Tensor]:
+        """The learning monitors of the last training forward (engine/monitors.py logs them):
+        ``soco/cos_vA_vB``, mean cosine between online predictions and target projections of
+        the matched objects of views A and B (1 - loss / 4 of that pair), and
+        ``soco/target_std`` (and times sqrt(D)), the collapse monitor."""
+        return dict(getattr(self, "_monitors", {}))
+
+    def probe_trunk(self) -> BoxFeatureTrunk:
+        """The online trunk as the detector will use it, for the probe (engine/monitors.py):
+        backbone, the box branch's pooler with Detectron2's own level rule, box head (FPN) or
+        res5 (C4). Not a copy."""
+        mean, std = self.pixel_mean.flatten().tolist(), self.pixel_std.flatten().tolist()
+        rh = self.roi_heads
+        if hasattr(rh, "box_head"):
+            return BoxFeatureTrunk(self.backbone, rh.in_features, rh.box_pooler, rh.box_head, mean, std)
+        return BoxFeatureTrunk(self.backbone, rh.in_features, rh.pooler, rh.res5, mean, std, head_pool=True)
 
     @staticmethod
     def _views_by_size(batched_inputs: List[dict]) -> List[List[int]]:
@@ -229,17 +265,19 @@ class SoCo(MomentumTarget, nn.Module):
                 boxes.append(Boxes(b.to(self.device)))
                 lv = view.get("levels")
                 levels.append(None if lv is None else lv.to(self.device))
-        # Padding (bottom/right, after normalisation) only when a size is not a multiple of the
-        # backbone's stride (e.g. 112 with FPN); box coordinates are unaffected.
+        if any(lv is None for lv in levels):
+            levels = None
+        # No padding on the FPN path (fpn_levels.fpn_forward upsamples to the lateral's size):
+        # a 112 px view goes through as 112 px, as in the published run. Other backbones pad
+        # (bottom/right, after normalisation; boxes unaffected) to their size divisibility.
+        unpadded = isinstance(self.backbone, FPN) and levels is not None
         images = ImageList.from_tensors(
             images,
-            self.backbone.size_divisibility,
+            0 if unpadded else self.backbone.size_divisibility,
             padding_constraints=self.backbone.padding_constraints,
         )
         if self.channels_last:
             images.tensor = images.tensor.contiguous(memory_format=torch.channels_last)
-        if any(lv is None for lv in levels):
-            levels = None
         return images, boxes, levels
 
     @staticmethod
