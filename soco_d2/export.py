@@ -93,22 +93,34 @@ def find_export_spec(
 ) -> ExportSpec:
     """The declaration whose ``marks`` the keys carry (default: every registered method's).
 
+    A mark may be shared by several methods (every method with a momentum target has
+    ``target.*``), so the keys belong to the declaration with the largest share of its marks
+    present; on a tie, the first one in ``specs`` (registration order).
+
     Raises:
         ValueError: no declaration matches; the message names ``source``, each method and the
             prefixes that would mark it.
     """
     if specs is None:
         specs = [m.export for m in registered_methods()]
+    best, best_share = None, 0.0
     for spec in specs:
-        if any(k.startswith(spec.marks) for k in keys):
-            return spec
+        share = sum(any(k.startswith(mark) for k in keys) for mark in spec.marks) / max(len(spec.marks), 1)
+        if share > best_share:
+            best, best_share = spec, share
+    if best is not None:
+        return best
     names = " or ".join(s.method for s in specs)
-    marks = "; ".join(", ".join(p + "*" for p in s.marks) for s in specs)
+    # "is not a SoCo checkpoint (no ...), nor an AlignDetRCNN checkpoint (no ...)"
+    marks = ", nor ".join(
+        f"{'an' if i and s.method[0] in 'AEIOU' else 'a'} {s.method} checkpoint "
+        f"(no {', '.join(p + '*' for p in s.marks)} keys)" for i, s in enumerate(specs)
+    )
     archs = " or ".join(repr(s.method) for s in specs)
     raise ValueError(
-        f"{source} is not a {names} checkpoint: it has no {marks} keys (its top-level parts: "
-        f"{_parts(keys) or 'none'}). Expected the model_final.pth (or model_XXXXXXX.pth) of a "
-        f"{names} pretraining run (MODEL.META_ARCHITECTURE {archs})."
+        f"{source} is not {marks}; its top-level parts: {_parts(keys) or 'none'}. Expected the "
+        f"model_final.pth (or model_XXXXXXX.pth) of a {names} pretraining run "
+        f"(MODEL.META_ARCHITECTURE {archs})."
     )
 
 

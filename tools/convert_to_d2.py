@@ -4,8 +4,9 @@
 Keeps the trunk the method declares (soco_d2/methods/<method>/export.py; for SoCo: backbone +
 FPN + box head, or backbone + res5 for C4), drops its pretraining-only parts (for SoCo: the
 projector, the predictor and the momentum target), and prints ``old -> new`` for every key
-kept (SoCo's names are already Detectron2's). The method is found from the checkpoint's keys;
-``--method`` names it. Example (from the repository root)::
+kept (SoCo's and AlignDet's names are already Detectron2's). The method is found from the
+checkpoint's keys; ``--method`` names it; ``--also-keep PREFIX`` keeps more keys (e.g. AlignDet's
+box regressor, ``roi_heads.box_predictor.bbox_pred.``). Example (from the repository root)::
 
     python tools/convert_to_d2.py output/soco_R50_FPN_100ep/model_final.pth soco_R50_FPN_100ep.pth
     python train_net.py --config-file configs/transfer/mask_rcnn_R50_FPN_1x.yaml --num-gpus 8 \\
@@ -14,6 +15,7 @@ kept (SoCo's names are already Detectron2's). The method is found from the check
 Exit status: 0 on success, 1 if the input is missing or not a checkpoint of the method.
 """
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -22,7 +24,7 @@ try:
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from soco_d2.export import export_trunk  # noqa: E402
+from soco_d2.export import export_trunk, find_export_spec, read_state_dict  # noqa: E402
 from soco_d2.methods import get_method, registered_methods  # noqa: E402
 
 
@@ -32,6 +34,9 @@ def parse_args(argv=None):
     p.add_argument("output", help="Detectron2 weights file to write (.pth), for MODEL.WEIGHTS")
     p.add_argument("--method", choices=[m.name for m in registered_methods()],
                    help="the pretraining method (MODEL.META_ARCHITECTURE); default: found from the keys")
+    p.add_argument("--also-keep", action="append", default=[], metavar="PREFIX",
+                   help="also export the keys starting with PREFIX (repeatable), e.g. "
+                        "roi_heads.box_predictor.bbox_pred. (AlignDet's class-agnostic box regressor)")
     return p.parse_args(argv)
 
 
@@ -42,6 +47,10 @@ def main(argv=None) -> int:
     logger = setup_logger(name="soco_d2", abbrev_name="soco_d2")
     spec = get_method(args.method).export if args.method else None
     try:
+        if args.also_keep:
+            if spec is None:
+                spec = find_export_spec(list(read_state_dict(args.input)), args.input)
+            spec = dataclasses.replace(spec, keep=spec.keep + tuple(args.also_keep))
         summary = export_trunk(args.input, args.output, spec)
     except (FileNotFoundError, ValueError) as e:
         logger.error(str(e))

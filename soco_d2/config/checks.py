@@ -58,6 +58,13 @@ def common_problems(cfg) -> List[str]:
         problems.append(f"SOLVER.IMS_PER_BATCH must be >= 1, got {cfg.SOLVER.IMS_PER_BATCH}")
     if not cfg.DATASETS.TRAIN:
         problems.append("DATASETS.TRAIN is empty: name at least one pretraining dataset")
+    steps = list(cfg.SOLVER.STEP_EPOCHS)
+    if steps and (steps[0] <= 0 or any(b <= a for a, b in zip(steps, steps[1:]))
+                  or steps[-1] >= cfg.SOLVER.EPOCHS):
+        problems.append(
+            f"SOLVER.STEP_EPOCHS must be positive, strictly increasing and below SOLVER.EPOCHS "
+            f"({cfg.SOLVER.EPOCHS}), got {tuple(steps)}"
+        )
     return problems
 
 

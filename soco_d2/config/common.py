@@ -35,7 +35,12 @@ def add_common_config(cfg):
     _C.SOLVER.BASE_LR_BATCH = 256
     # When > 0, MAX_ITER and WARMUP_ITERS are derived from epochs of DATASETS.TRAIN.
     _C.SOLVER.EPOCHS = 0
+    # Warmup in epochs (with EPOCHS > 0); -1 keeps SOLVER.WARMUP_ITERS as it is (e.g. AlignDet's
+    # 500 warmup iterations).
     _C.SOLVER.WARMUP_EPOCHS = 0
+    # With EPOCHS > 0: the epochs at which the multi-step LR schedule decays (SOLVER.STEPS is
+    # derived from them, e.g. (8, 11) for 12 epochs); empty keeps SOLVER.STEPS.
+    _C.SOLVER.STEP_EPOCHS = ()
     # Mixed precision dtype on GPU when SOLVER.AMP.ENABLED: "float16" or "bfloat16". On a CPU,
     # SOLVER.AMP.ENABLED means bf16 autocast where the CPU has native bf16 (AMX / AVX512-BF16)
     # and fp32 elsewhere (soco_d2/engine/precision.py), whatever this key says.

@@ -1,16 +1,18 @@
-"""Training hooks every pretraining method shares: the momentum target's update and the trunk
-export when training ends."""
+"""Training hooks every pretraining method shares: the momentum target's update, the trunk
+export when training ends, and the per-iteration seed of random draws inside the forward."""
 import logging
 import os
 from typing import Optional
 
+import numpy as np
+import torch
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
 from ..export import ExportSpec, export_trunk
 from ..modeling.momentum import momentum_at
 
-__all__ = ["MomentumUpdateHook", "ExportTrunkHook"]
+__all__ = ["MomentumUpdateHook", "ExportTrunkHook", "ForwardSeedHook"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,3 +66,31 @@ class ExportTrunkHook(HookBase):
             f"{summary['method']} trunk for fine-tuning ({summary['kept']} keys): {self.path}; "
             f"use it as MODEL.WEIGHTS with a config from configs/transfer/"
         )
+
+
+class ForwardSeedHook(HookBase):
+    """Before each step, seed torch's RNG (CPU and CUDA) from (the data stream's seed, the
+    iteration, the process rank).
+
+    For models whose forward draws random numbers from torch (e.g. Detectron2's anchor and RoI
+    samplers, ``torch.randperm``): the draws of iteration i are then a function of i, so a run
+    resumed from a checkpoint draws what the uninterrupted run drew. Needs a trainer with a
+    ``data_stream`` (:class:`soco_d2.engine.trainer.PretrainTrainer`), whose seed checkpoints
+    carry.
+    """
+
+    _TAG = 0x5EED0004  # distinct from the data stream's seed domains
+
+    def before_train(self):
+        # Detectron2's step trainer creates its data iterator at its first step, and creating a
+        # torch DataLoader iterator draws a seed from torch's RNG: that would happen after this
+        # hook seeded iteration start_iter, in a fresh run and in a resumed one at different
+        # iterations. Create it now, before any per-iteration seed.
+        step_trainer = getattr(self.trainer, "_trainer", self.trainer)
+        getattr(step_trainer, "_data_loader_iter", None)
+
+    def before_step(self):
+        words = np.random.SeedSequence(
+            [self._TAG, self.trainer.data_stream.seed, self.trainer.iter, comm.get_rank()]
+        ).generate_state(2, dtype=np.uint32)
+        torch.manual_seed(int(words[0]) << 32 | int(words[1]))

@@ -39,7 +39,8 @@ class PretrainTrainer(DefaultTrainer):
     momentum target (``update_target``, see :class:`soco_d2.modeling.MomentumTarget`) gets
     :class:`MomentumUpdateHook`, whose schedule is a function of the iteration only.
 
-    Subclasses define :meth:`build_mapper` and may set :attr:`ddp_kwargs`.
+    Subclasses define :meth:`build_mapper` and may set :attr:`ddp_kwargs` and override
+    :meth:`export_spec`.
     """
 
     #: Extra DistributedDataParallel arguments of the method (e.g. find_unused_parameters).
@@ -73,6 +74,14 @@ class PretrainTrainer(DefaultTrainer):
     def build_mapper(cls, cfg):
         """The method's dataset mapper: ``mapper(record, seed=words) -> dict or None``."""
         raise NotImplementedError(f"{cls.__name__} must define build_mapper(cfg)")
+
+    @classmethod
+    def export_spec(cls, cfg):
+        """What the run exports when it ends: the method's declaration (None for an
+        unregistered architecture: found from the checkpoint's keys). A method whose export
+        depends on its config overrides this."""
+        method = get_method(cfg.MODEL.META_ARCHITECTURE)
+        return method and method.export
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -109,8 +118,7 @@ class PretrainTrainer(DefaultTrainer):
             ret.insert(2, MomentumUpdateHook(model.base_momentum, name))
         # model_final_trunk.pth: the trunk as Detectron2 weights, when training ends, as the
         # method declares it (soco_d2/methods/<method>/export.py).
-        method = get_method(self.cfg.MODEL.META_ARCHITECTURE)
-        ret.append(ExportTrunkHook(self.cfg.OUTPUT_DIR, spec=method and method.export))
+        ret.append(ExportTrunkHook(self.cfg.OUTPUT_DIR, spec=self.export_spec(self.cfg)))
         # Learning monitors (engine/monitors.py), before the writers so that what they put in
         # the event storage is written at the same iteration.
         writer = next((i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicWriter)), len(ret))

@@ -79,7 +79,8 @@ def build_soco_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
 
 
 def resolve_epochs(cfg, dataset_size_fn) -> None:
-    """Derive MAX_ITER and WARMUP_ITERS from SOLVER.EPOCHS / WARMUP_EPOCHS (cfg not frozen).
+    """Derive MAX_ITER, WARMUP_ITERS and STEPS from SOLVER.EPOCHS, WARMUP_EPOCHS (unless it is
+    negative) and STEP_EPOCHS (when set) (cfg not frozen).
 
     Args:
         dataset_size_fn: name -> number of images, applied to each of DATASETS.TRAIN.
@@ -89,15 +90,20 @@ def resolve_epochs(cfg, dataset_size_fn) -> None:
     n = sum(dataset_size_fn(name) for name in cfg.DATASETS.TRAIN)
     batch = cfg.SOLVER.IMS_PER_BATCH
     cfg.SOLVER.MAX_ITER = max(1, math.ceil(cfg.SOLVER.EPOCHS * n / batch))
-    warmup = math.ceil(cfg.SOLVER.WARMUP_EPOCHS * n / batch)
+    warmup = cfg.SOLVER.WARMUP_ITERS
+    if cfg.SOLVER.WARMUP_EPOCHS >= 0:
+        warmup = math.ceil(cfg.SOLVER.WARMUP_EPOCHS * n / batch)
     if warmup >= cfg.SOLVER.MAX_ITER:
         logger.warning(
-            f"SOLVER.WARMUP_EPOCHS {cfg.SOLVER.WARMUP_EPOCHS:g} is not shorter than "
-            f"SOLVER.EPOCHS {cfg.SOLVER.EPOCHS:g}: warming up for all but the last iteration"
+            f"The warmup ({warmup} iterations) is not shorter than SOLVER.EPOCHS "
+            f"{cfg.SOLVER.EPOCHS:g}: warming up for all but the last iteration"
         )
         warmup = cfg.SOLVER.MAX_ITER - 1
     cfg.SOLVER.WARMUP_ITERS = warmup
+    if cfg.SOLVER.STEP_EPOCHS:
+        cfg.SOLVER.STEPS = tuple(math.ceil(e * n / batch) for e in cfg.SOLVER.STEP_EPOCHS)
     logger.info(
         f"SOLVER.EPOCHS {cfg.SOLVER.EPOCHS:g} over {n} images at batch {batch}: "
         f"MAX_ITER {cfg.SOLVER.MAX_ITER}, WARMUP_ITERS {cfg.SOLVER.WARMUP_ITERS}"
+        + (f", STEPS {cfg.SOLVER.STEPS}" if cfg.SOLVER.STEP_EPOCHS else "")
     )
