@@ -19,6 +19,7 @@ Pieces every method shares:
 Methods, one folder each, registered by MODEL.META_ARCHITECTURE (``soco_d2.methods``):
 
 - ``methods/soco``: SoCo (Wei et al., NeurIPS 2021).
+- ``methods/aligndet``: AlignDet box-domain pretraining (Li et al., ICCV 2023).
 """
 from .config import add_config
 from .methods import get_method, registered_methods
@@ -27,5 +28,7 @@ from . import data  # noqa: F401  (registers the built-in datasets in DatasetCat
 from . import modeling  # noqa: F401  (registers the transfer heads in ROI_HEADS_REGISTRY)
 from .methods import soco  # noqa: F401  (registers the SoCo method and meta-architecture)
 from .methods.soco import add_soco_config
+from .methods import aligndet  # noqa: F401  (registers AlignDetRCNN and AlignDetRetinaNet)
+from .methods.aligndet import add_aligndet_config
 
 __version__ = "0.1.0"
