@@ -20,6 +20,7 @@ Methods, one folder each, registered by MODEL.META_ARCHITECTURE (``soco_d2.metho
 
 - ``methods/soco``: SoCo (Wei et al., NeurIPS 2021).
 - ``methods/aligndet``: AlignDet box-domain pretraining (Li et al., ICCV 2023).
+- ``methods/montage``: Montage pretraining (Zhou et al., ECCV 2020) and its label-free variant.
 """
 from .config import add_config
 from .methods import get_method, registered_methods
@@ -30,5 +31,7 @@ from .methods import soco  # noqa: F401  (registers the SoCo method and meta-arc
 from .methods.soco import add_soco_config
 from .methods import aligndet  # noqa: F401  (registers AlignDetRCNN and AlignDetRetinaNet)
 from .methods.aligndet import add_aligndet_config
+from .methods import montage  # noqa: F401  (registers the Montage method and meta-architecture)
+from .methods.montage import add_montage_config
 
 __version__ = "0.1.0"

@@ -44,12 +44,17 @@ class ExportSpec:
             dropped); a checkpoint with a key starting with one of them is this method's.
         renames: ``(old prefix, new prefix)`` pairs applied to kept keys, first match wins;
             empty when the names are already Detectron2's.
+        aliases: ``(prefix, alias prefix)`` pairs: an exported key starting with ``prefix`` is
+            also written under the alias (the same tensor, stored once), for trunks that
+            different detectors name differently (e.g. a ResNet is ``backbone.*`` in a C4
+            detector and ``backbone.bottom_up.*`` in an FPN one). Empty: one name per key.
     """
 
     method: str
     keep: Tuple[str, ...]
     marks: Tuple[str, ...]
     renames: Tuple[Tuple[str, str], ...] = ()
+    aliases: Tuple[Tuple[str, str], ...] = ()
 
     def rename(self, key: str) -> str:
         for old, new in self.renames:
@@ -139,9 +144,10 @@ def split_trunk(
     A ``module.`` prefix on every key (a state_dict taken from a DDP wrapper) is removed.
 
     Returns:
-        (trunk, dropped, names): trunk maps the exported (renamed) names to tensors; dropped
-        maps a part name ("projector", "predictor", "target.backbone", ...) to its number of
-        keys; names maps each kept key to its exported name.
+        (trunk, dropped, names): trunk maps the exported (renamed) names, and their aliases
+        (``spec.aliases``), to tensors; dropped maps a part name ("projector", "predictor",
+        "target.backbone", ...) to its number of keys; names maps each kept key to its
+        exported name.
 
     Raises:
         ValueError: the state_dict has none of ``spec.marks`` or no trunk key; the message
@@ -157,6 +163,9 @@ def split_trunk(
             f"{', '.join(spec.keep)} (its top-level parts: {_parts(keys)})."
         )
     trunk = OrderedDict((new, state_dict[old]) for old, new in names.items())
+    for prefix, alias in spec.aliases:
+        for key in [k for k in trunk if k.startswith(prefix)]:
+            trunk.setdefault(alias + key[len(prefix):], trunk[key])
     dropped: Dict[str, int] = {}
     for k in keys:
         if k not in names:
@@ -183,7 +192,9 @@ def export_trunk(
     Returns:
         dict with ``source``, ``output``, ``method``, ``kept`` (number of keys),
         ``kept_keys``, ``dropped`` ({part: number of keys}), ``renamed`` (number of keys whose
-        name changed) and ``num_parameters`` (elements in the kept tensors).
+        name changed), ``aliased`` (extra names written, see ``ExportSpec.aliases``; counted in
+        ``kept`` and ``kept_keys``) and ``num_parameters`` (elements in the kept tensors, each
+        tensor once).
 
     Raises:
         FileNotFoundError: ``src`` is a path that does not exist.
@@ -217,6 +228,9 @@ def export_trunk(
     logger.info(f"Exporting the {spec.method} online trunk of {source}: {len(trunk)} keys. {how}:")
     for old, new in names.items():
         log_key(f"  {old} -> {new}")
+    aliased = len(trunk) - len(names)
+    for prefix, alias in spec.aliases:
+        logger.info(f"Also written under a second name (same tensors): {prefix}* as {alias}*")
     for part, n in sorted(dropped.items()):
         logger.info(f"Dropped {part}.*: {n} keys")
 
@@ -231,7 +245,8 @@ def export_trunk(
         "kept_keys": list(weights),
         "dropped": dict(sorted(dropped.items())),
         "renamed": renamed,
-        "num_parameters": int(sum(v.numel() for v in weights.values())),
+        "aliased": aliased,
+        "num_parameters": int(sum(weights[new].numel() for new in names.values())),
     }
     logger.info(
         f"Wrote {dst}: {summary['kept']} keys ({summary['num_parameters'] / 1e6:.2f}M values), "

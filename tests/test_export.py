@@ -8,7 +8,6 @@ import types
 
 import pytest
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
@@ -19,6 +18,7 @@ from soco_d2 import add_soco_config
 from soco_d2.config import WEIGHTS_PLACEHOLDER, check_weights_set, load_config
 from soco_d2.export import export_trunk
 from soco_d2.methods.soco.export import ONLINE_TRUNK_PREFIXES, SOCO_ONLY_PREFIXES
+from train_helpers import load_with_report, perturb_weights
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs", "soco")
@@ -56,33 +56,9 @@ def make_cfg(path, opts=()):
 def save_trained_soco_checkpoint(cfg, path, seed=0):
     """A SoCo training checkpoint whose every tensor differs from a fresh init, and whose target
     differs from the online network. Returns the saved state_dict."""
-    model = build_model(cfg)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for t in model.state_dict().values():  # these tensors are the parameters / buffers
-            if t.is_floating_point():  # +-5 %, and exact zeros (biases) moved off zero
-                noise = torch.rand(t.shape, generator=g) - 0.5
-                t.mul_(1 + 0.1 * noise).add_(1e-3 * noise)
-            else:
-                t.add_(7)  # num_batches_tracked
-    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state = perturb_weights(build_model(cfg), seed)
     torch.save({"model": state, "iteration": 3, "optimizer": {}}, path)
     return state
-
-
-def load_with_report(model, path):
-    """DetectionCheckpointer.load(path), returning its incompatible-keys report."""
-    checkpointer = DetectionCheckpointer(model)
-    load_model = checkpointer._load_model
-    report = {}
-
-    def spy(checkpoint):
-        report["keys"] = load_model(checkpoint)
-        return report["keys"]
-
-    checkpointer._load_model = spy
-    checkpointer.load(path)
-    return report["keys"]
 
 
 # ------------------------------------------------------------------ export -> stock detector

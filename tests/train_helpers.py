@@ -1,5 +1,9 @@
-"""Helpers for the tests that go through train_net.py's setup()/main() and the trainers."""
+"""Helpers for the tests that go through train_net.py's setup()/main() and the trainers, and
+for the export tests."""
 import os
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
 
 from soco_d2.data.synthetic import generate_synthetic_dataset
 
@@ -29,3 +33,33 @@ def dataset_opts(name, tiny_images):
         "DATASETS.TRAIN", f"('{name}',)",
         "DATASETS.SOCO_REGISTER", f"[('{name}', '{image_root}', '', '{json_file}')]",
     ]
+
+
+def perturb_weights(model, seed=0):
+    """Move every tensor of ``model``'s state_dict off its initial value, in place, as training
+    would (+-5 %, exact zeros moved off zero, integer counters + 7); returns a copy of the
+    state_dict."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for t in model.state_dict().values():  # these tensors are the parameters / buffers
+            if t.is_floating_point():
+                noise = torch.rand(t.shape, generator=g) - 0.5
+                t.mul_(1 + 0.1 * noise).add_(1e-3 * noise)
+            else:
+                t.add_(7)  # num_batches_tracked
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def load_with_report(model, path):
+    """DetectionCheckpointer.load(path), returning its incompatible-keys report."""
+    checkpointer = DetectionCheckpointer(model)
+    load_model = checkpointer._load_model
+    report = {}
+
+    def spy(checkpoint):
+        report["keys"] = load_model(checkpoint)
+        return report["keys"]
+
+    checkpointer._load_model = spy
+    checkpointer.load(path)
+    return report["keys"]

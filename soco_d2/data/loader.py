@@ -4,10 +4,20 @@ from detectron2.data import build_detection_train_loader, get_detection_dataset_
 
 from .sample_stream import DataStream, GlobalSampleStream, SampleStreamDataset, resolve_data_seed
 
-__all__ = ["build_pretrain_loader", "data_stream_of"]
+__all__ = ["build_pretrain_loader", "load_pretrain_records", "data_stream_of"]
 
 
-def build_pretrain_loader(cfg, mapper, seed=None):
+def load_pretrain_records(cfg):
+    """The dataset dicts of DATASETS.TRAIN (with DATASETS.PROPOSAL_FILES_TRAIN when
+    MODEL.LOAD_PROPOSALS), images without annotations included."""
+    return get_detection_dataset_dicts(
+        cfg.DATASETS.TRAIN,
+        filter_empty=False,
+        proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
+    )
+
+
+def build_pretrain_loader(cfg, mapper, seed=None, records=None):
     """Pretraining loader: records of DATASETS.TRAIN mapped by ``mapper``.
 
     The data is a pure function of (seed, global sample number), see
@@ -20,15 +30,14 @@ def build_pretrain_loader(cfg, mapper, seed=None):
         mapper: ``mapper(record, seed=words) -> dict or None`` (None: the image cannot be
             used, another one takes its place), e.g. ``SoCoDatasetMapper``.
         seed: the stream's seed; default :func:`resolve_data_seed` of cfg.SEED.
+        records: the dataset dicts to stream, when the method has already loaded (or reshaped)
+            them; default: those of DATASETS.TRAIN, loaded here.
 
     Returns:
         Detectron2's batched loader; :func:`data_stream_of` gives its :class:`DataStream`.
     """
-    records = get_detection_dataset_dicts(
-        cfg.DATASETS.TRAIN,
-        filter_empty=False,
-        proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
-    )
+    if records is None:
+        records = load_pretrain_records(cfg)
     seed = resolve_data_seed(cfg.SEED) if seed is None else seed
     dataset = SampleStreamDataset(records, mapper, seed)
     return build_detection_train_loader(
