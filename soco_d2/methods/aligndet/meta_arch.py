@@ -256,7 +256,10 @@ class AlignDetRCNN(_AlignDetMixin, GeneralizedRCNN):
         t = self.target
         with torch.no_grad(), _quiet_storage():
             features2 = self._target_features(images2)
-            proposals2, _ = t["proposal_generator"](images2, features2, gt2)
+            # The target's RPN only proposes; in training mode Detectron2's RPN also labels its
+            # anchors against the ground truth it is given: give it none (no IoU matrix).
+            no_gt = [Instances(g.image_size, gt_boxes=Boxes(g.gt_boxes.tensor[:0])) for g in gt2]
+            proposals2, _ = t["proposal_generator"](images2, features2, no_gt)
             rois2 = self.foreground_rois(t["roi_heads"], proposals2, gt2)
             keys, _ = self.embed_rois(t["roi_heads"], features2, rois2)
         return {

@@ -1,0 +1,86 @@
+"""benchmarks/aligndet.py without training: arms, schedules, the SoCo trunk, the bar."""
+import importlib.util
+import os
+
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("aligndet_bench", os.path.join(REPO_ROOT, "benchmarks", "aligndet.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _opts(opts):
+    return dict(zip(opts[::2], opts[1::2]))
+
+
+def test_arms_differ_only_in_weights(bench, tmp_path):
+    args = bench.parse_args(["--output-root", str(tmp_path)])
+    assert args.seeds == [0, 1, 2] and list(bench.ARMS) == ["soco", "aligndet", "random"]
+    weights = {"soco": "soco.pth", "aligndet": "aligndet.pth"}
+    opts = {arm: _opts(bench.finetune_opts(args, arm, 2, weights, str(tmp_path / "o"))) for arm in bench.ARMS}
+    assert [o.pop("MODEL.WEIGHTS") for o in opts.values()] == ["soco.pth", "aligndet.pth", ""]
+    assert opts["soco"] == opts["aligndet"] == opts["random"] and opts["soco"]["SEED"] == "2"
+    assert "SOLVER.MAX_ITER" not in opts["soco"]  # the config's own schedule
+
+
+def test_quick_mode_and_schedules(bench, tmp_path):
+    args = bench.parse_args(["--quick", "--output-root", str(tmp_path)])
+    assert args.seeds == [0] and args.out == os.path.join(str(tmp_path), "aligndet.json")
+    o = _opts(bench.finetune_opts(args, "aligndet", 0, {"aligndet": "a.pth"}, str(tmp_path)))
+    assert (o["SOLVER.MAX_ITER"], o["TEST.PRECISE_BN.NUM_ITER"], o["MODEL.RPN.POST_NMS_TOPK_TEST"]) == ("4", "2", "20")
+    o = _opts(bench.aligndet_opts(args, "soco.pth", str(tmp_path)))
+    assert (o["MODEL.WEIGHTS"], o["SOLVER.MAX_ITER"], o["SOLVER.EPOCHS"]) == ("soco.pth", "2", "0")
+    # the demo's own shape, scaled: 40 iterations -> warmup 10, steps 27 and 37
+    o = _opts(bench.scaled_schedule(40, 0.25, (8 / 12, 11 / 12)))
+    assert (o["SOLVER.WARMUP_ITERS"], o["SOLVER.STEPS"]) == ("10", "(27,37,)")
+    for iters in (2, 3, 7, 200):
+        steps = eval(_opts(bench.scaled_schedule(iters, 0.1, (0.75,)))["SOLVER.STEPS"])
+        assert all(0 < s < iters for s in steps)
+    assert _opts(bench.scaled_schedule(5, 0.2, ()))["SOLVER.STEPS"] == "()"
+
+
+def test_configs_of_the_study_exist_and_match(bench):
+    from detectron2.config import get_cfg
+
+    from soco_d2.config import add_config, load_config
+
+    for spec in bench.DETECTORS.values():
+        pre = load_config(add_config(get_cfg()), os.path.join(REPO_ROOT, spec["pretrain_config"]))
+        fine = load_config(add_config(get_cfg()), os.path.join(REPO_ROOT, spec["finetune_config"]))
+        assert pre.MODEL.FPN.OUT_CHANNELS == fine.MODEL.FPN.OUT_CHANNELS == 128
+        assert pre.MODEL.RESNETS.DEPTH == fine.MODEL.RESNETS.DEPTH == 18
+        assert pre.DATASETS.TRAIN == ("soco_synthetic_train",)
+    assert bench.finetune_max_iter(bench.parse_args([]), bench.DETECTORS["faster_rcnn"]["finetune_config"]) == 200
+
+
+def test_missing_soco_trunk_says_how_to_make_it(bench, tmp_path):
+    args = bench.parse_args(["--soco-trunk", str(tmp_path / "none.pth"), "--output-root", str(tmp_path)])
+    with pytest.raises(SystemExit, match="make demo"):
+        bench.soco_trunk(args)
+    (tmp_path / "t.pth").write_bytes(b"x")
+    assert bench.soco_trunk(bench.parse_args(["--soco-trunk", str(tmp_path / "t.pth")])) == str(tmp_path / "t.pth")
+
+
+def test_bar_is_the_paired_gain_over_two_std(bench):
+    import harness
+
+    def run(arm, seed, ap):
+        return {"dataset": "synthetic", "arm": arm, "seed": seed, "bbox_AP": ap, "segm_AP": None,
+                "metrics": {"bbox": {"AP": ap, "AP50": ap}, "segm": {}}, "no_detections": False, "wall_s": 1.0}
+
+    runs = [run("soco", s, 10.0 + s) for s in range(3)] + [run("random", s, 5.0) for s in range(3)]
+    runs += [run("aligndet", s, 12.0 + s + 0.1 * s) for s in range(3)]  # gains 2.0, 2.1, 2.2
+    b = bench.bar(harness.summarize(runs, bench.ARMS))
+    assert b["paired_gain_mean"] == pytest.approx(2.1) and b["paired_gain_std"] == pytest.approx(0.1)
+    assert b["gain_gt_2_std"] is True
+    runs[-1]["bbox_AP"] = 8.0  # gains 2.0, 2.1, -4.0
+    assert bench.bar(harness.summarize(runs, bench.ARMS))["gain_gt_2_std"] is False
+    assert bench.bar({})["gain_gt_2_std"] is None
+    one_seed = [r for r in runs if r["seed"] == 0]
+    assert bench.bar(harness.summarize(one_seed, bench.ARMS))["gain_gt_2_std"] is None  # no std
