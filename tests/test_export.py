@@ -204,7 +204,9 @@ def test_every_transfer_config_loads(path):
     if m.ROI_HEADS.NAME == "StandardROIHeads":
         assert m.RPN.IN_FEATURES == ["p2", "p3", "p4", "p5", "p6"]
         assert (m.ROI_BOX_HEAD.NAME, m.ROI_BOX_HEAD.NUM_CONV, m.ROI_BOX_HEAD.NUM_FC) == ("FastRCNNConvFCHead", 4, 1)
-        assert m.FPN.NORM == m.ROI_BOX_HEAD.NORM == m.ROI_MASK_HEAD.NORM == norm
+        assert m.FPN.NORM == m.ROI_BOX_HEAD.NORM == norm
+        if m.MASK_ON:
+            assert m.ROI_MASK_HEAD.NORM == norm
 
 
 def test_schedules_and_model_zoo_paths():
