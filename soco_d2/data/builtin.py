@@ -11,6 +11,8 @@ Detection sets with labels (for fine-tuning, evaluation and the probe):
 - ``soco_synthetic_det_train`` / ``soco_synthetic_det_val``: all train / val scenes.
 - ``soco_synthetic_det_train_100``: the low-label split, the first 100 train scenes (by image
   id) with their labels; pretraining uses all train scenes without labels.
+- ``soco_synthetic_det_val_20``: the first 20 val scenes, for smoke tests of the transfer
+  benchmarks (``--quick``), where evaluating all 200 would take most of the time.
 """
 import os
 
@@ -23,6 +25,8 @@ from .synthetic import SYNTHETIC_CATEGORIES, synthetic_split_paths
 SYNTHETIC_DIRNAME = "soco_synthetic"
 #: Labelled train scenes of the low-label fine-tuning split ``soco_synthetic_det_train_100``.
 LOW_LABEL_IMAGES = 100
+#: Val scenes of the smoke-test split ``soco_synthetic_det_val_20``.
+SMOKE_VAL_IMAGES = 20
 
 
 def datasets_root() -> str:
@@ -64,6 +68,9 @@ def register_all_builtin(root: str) -> None:
         if split == "train":
             register_coco_subset(f"soco_synthetic_det_train_{LOW_LABEL_IMAGES}", meta, json_file,
                                  image_root, LOW_LABEL_IMAGES)
+        else:
+            register_coco_subset(f"soco_synthetic_det_val_{SMOKE_VAL_IMAGES}", meta, json_file,
+                                 image_root, SMOKE_VAL_IMAGES)
 
     register_soco_images(
         "imagenet_train_soco",
