@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 DATA := datasets
 WORKERS ?= 2
 
-.PHONY: env demo demo-data test lock clean
+.PHONY: env demo demo-data test lock clean gpu-wheels
 
 env: $(STAMP)
 
@@ -41,6 +41,11 @@ lock: $(STAMP)
 	{ echo "# Exact pins of the tested environment (Python 3.10.13, CPU or CUDA 13)."; \
 	  echo "# Regenerate with: make lock"; \
 	  $(VPY) -m pip freeze --all --exclude-editable | grep -v -E '^(soco|pip==)'; } > requirements-lock.txt
+
+# The lent GPU machine has no package registry: copy the wheels it needs into .gpu_wheels/
+# (git-ignored), carry that folder, and run tools/gpu_env.sh there (README "GPU").
+gpu-wheels:
+	mkdir -p .gpu_wheels && cp ../shared/gpu/wheels/*.whl .gpu_wheels/
 
 clean:
 	rm -rf $(VENV) $(DATA)/soco_synthetic output
