@@ -47,7 +47,8 @@ if BENCH_DIR not in sys.path:
 
 import harness  # noqa: E402
 from harness import (  # noqa: E402
-    REPO_ROOT, environment, log, missing_trunk_keys, rel, run_finetuning, run_pretraining, write_json,
+    REPO_ROOT, config_max_iter, environment, log, missing_trunk_keys, paired_gain_bar, rel, run_finetuning,
+    run_pretraining, scaled_schedule, write_json,
 )
 from transfer import prepare_data  # noqa: E402  (the embedded scenes and their proposals)
 
@@ -81,16 +82,6 @@ QUICK = {"soco_iters": 3, "aligndet_iters": 2, "finetune_iters": 4, "precise_bn_
 
 
 # ------------------------------------------------------------------------------ schedules
-def scaled_schedule(iters: int, warmup_share: float, step_shares) -> list:
-    """MAX_ITER, STEPS and WARMUP_ITERS for ``iters`` iterations, the recipe's shape scaled
-    (fvcore wants every step below MAX_ITER)."""
-    steps = sorted({min(max(1, round(iters * f)), iters - 1) for f in step_shares} - {0})
-    return ["SOLVER.EPOCHS", "0", "SOLVER.MAX_ITER", str(iters),
-            "SOLVER.STEPS", "(" + "".join(f"{s}," for s in steps) + ")",
-            "SOLVER.WARMUP_ITERS", str(max(1, round(iters * warmup_share))),
-            "SOLVER.CHECKPOINT_PERIOD", str(max(1, iters // 2))]
-
-
 def soco_trunk(args) -> str:
     """The SoCo trunk of the baseline arm; in quick mode, made on the spot when missing."""
     path = os.path.join(REPO_ROOT, args.soco_trunk) if not os.path.isabs(args.soco_trunk) else args.soco_trunk
@@ -148,12 +139,7 @@ def finetune_opts(args, arm: str, seed: int, weights: dict, output_dir: str):
 
 def finetune_max_iter(args, config_file: str) -> int:
     iters = QUICK["finetune_iters"] if args.quick else args.finetune_iters
-    if iters:
-        return iters
-    from soco_d2.config import add_config, load_config
-    from detectron2.config import get_cfg
-
-    return load_config(add_config(get_cfg()), os.path.join(REPO_ROOT, config_file)).SOLVER.MAX_ITER
+    return iters or config_max_iter(config_file)
 
 
 def finetune(args, arm: str, seed: int, weights: dict) -> dict:
@@ -169,15 +155,11 @@ def finetune(args, arm: str, seed: int, weights: dict) -> dict:
 
 # --------------------------------------------------------------------------------- summary
 def bar(summary: dict) -> dict:
-    """The issue's bar: the paired AlignDet - SoCo box-AP gain exceeds 2 of its std (None
-    with fewer than 2 seeds: no std)."""
-    delta = summary.get("synthetic", {}).get("delta_aligndet_minus_soco", {})
-    d = delta.get("bbox_AP", {})
-    mean, std = d.get("mean"), d.get("std")
-    met = None if mean is None or delta.get("n", 0) < 2 else bool(mean > 2 * std)
-    return {"n": delta.get("n", 0), "paired_gain_mean": mean, "paired_gain_std": std, "gain_gt_2_std": met}
+    """The issue's bar: the paired AlignDet - SoCo box-AP gain exceeds 2 of its std."""
+    return paired_gain_bar(summary, "synthetic", "delta_aligndet_minus_soco")
 
 
+# ------------------------------------------------------------------------------------ main
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--soco-trunk", default=DEFAULT_SOCO_TRUNK,
@@ -246,7 +228,7 @@ def main(argv=None) -> int:
     print(harness.format_table(result["summary"], ARMS))
     b = result["bar"]
     print(f"\nAlignDet - SoCo box AP (paired): {harness.fmt(b['paired_gain_mean'])} +- "
-          f"{harness.fmt(b['paired_gain_std'])}; gain > 2 std: {b['gain_gt_2_std']}")
+          f"{harness.fmt(b['paired_gain_std'])}; gain > 2 std: {b['met']}")
     print(f"This invocation: {(time.time() - started) / 60:.1f} min. JSON: {rel(args.out)}")
     return 1 if any(r.get("failed") for r in result["runs"]) else 0
 

@@ -83,6 +83,14 @@ def train_net_cmd(config_file: str, opts, resume: bool = False):
     return cmd + [str(o) for o in opts]
 
 
+def config_max_iter(config_file: str) -> int:
+    """SOLVER.MAX_ITER of a config file (relative to the repo root), bases resolved."""
+    from detectron2.config import get_cfg
+    from soco_d2.config import add_config, load_config
+
+    return load_config(add_config(get_cfg()), os.path.join(REPO_ROOT, config_file)).SOLVER.MAX_ITER
+
+
 def has_checkpoint(output_dir: str) -> bool:
     return os.path.isfile(os.path.join(output_dir, "last_checkpoint"))
 
@@ -227,6 +235,7 @@ def run_pretraining(tag: str, labels: dict, config_file: str, opts, output_dir: 
         # Not config.yaml's SOLVER.MAX_ITER: SOLVER.EPOCHS is resolved after the config is saved.
         "max_iter": iterations_run(output_dir),
         "final_loss": final_metric(output_dir, "total_loss"),
+        "probe": read_json(os.path.join(output_dir, "probe.json")),  # None without a probe hook
         "loadavg_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "config": cfg,
     })
@@ -306,6 +315,29 @@ def run_finetuning(tag: str, labels: dict, config_file: str, opts, output_dir: s
 
 
 # --------------------------------------------------------------------------------- summary
+def scaled_schedule(iters: int, warmup_share: float, step_shares) -> list:
+    """Overrides for a run of ``iters`` iterations with a recipe's shape scaled: MAX_ITER, STEPS at
+    the given shares of it, WARMUP_ITERS and a checkpoint halfway (fvcore wants every step below
+    MAX_ITER; a share that rounds to 0 is dropped)."""
+    steps = sorted({min(max(1, round(iters * f)), iters - 1) for f in step_shares} - {0})
+    return ["SOLVER.EPOCHS", "0", "SOLVER.MAX_ITER", str(iters),
+            "SOLVER.STEPS", "(" + "".join(f"{s}," for s in steps) + ")",
+            "SOLVER.WARMUP_ITERS", str(max(1, round(iters * warmup_share))),
+            "SOLVER.CHECKPOINT_PERIOD", str(max(1, iters // 2))]
+
+
+def paired_gain_bar(summary: dict, dataset: str, delta_key: str, min_gain: float = 0.0) -> dict:
+    """Whether the paired box-AP difference ``summary[dataset][delta_key]`` clears a bar: its mean
+    is at least ``min_gain`` AP and greater than 2 of its sample std. ``None`` with fewer than 2
+    pairs (no std)."""
+    delta = summary.get(dataset, {}).get(delta_key, {})
+    d = delta.get("bbox_AP", {})
+    mean, std = d.get("mean"), d.get("std")
+    met = None if mean is None or delta.get("n", 0) < 2 else bool(mean >= min_gain and mean > 2 * std)
+    return {"dataset": dataset, "difference": delta_key, "n": delta.get("n", 0), "min_gain": min_gain,
+            "paired_gain_mean": mean, "paired_gain_std": std, "met": met}
+
+
 def fmt(x, digits: int = 2) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "nan"

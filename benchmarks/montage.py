@@ -46,8 +46,10 @@ if BENCH_DIR not in sys.path:
     sys.path.insert(0, BENCH_DIR)
 
 import harness  # noqa: E402
-from aligndet import DEFAULT_SOCO_TRUNK, scaled_schedule, soco_trunk  # noqa: E402  (the SoCo arm's trunk)
-from harness import REPO_ROOT, environment, fmt, rel, run_finetuning, run_pretraining, write_json  # noqa: E402
+from aligndet import DEFAULT_SOCO_TRUNK, soco_trunk  # noqa: E402  (the SoCo arm's trunk)
+from harness import (  # noqa: E402
+    REPO_ROOT, config_max_iter, environment, fmt, rel, run_finetuning, run_pretraining, scaled_schedule, write_json,
+)  # noqa: E402
 from transfer import prepare_data  # noqa: E402  (the embedded scenes and their proposals)
 
 # Arm -> its name in tables; "random" is the baseline every other arm is paired with.
@@ -89,13 +91,7 @@ def pretrain(args, arm: str, trunk: str) -> dict:
 # ------------------------------------------------------------------------------- fine-tuning
 def finetune_max_iter(args) -> int:
     iters = QUICK["finetune_iters"] if args.quick else args.finetune_iters
-    if iters:
-        return iters
-    from detectron2.config import get_cfg
-
-    from soco_d2.config import add_config, load_config
-
-    return load_config(add_config(get_cfg()), os.path.join(REPO_ROOT, FINETUNE_CONFIG)).SOLVER.MAX_ITER
+    return iters or config_max_iter(FINETUNE_CONFIG)
 
 
 def finetune_opts(args, arm: str, seed: int, weights: dict, output_dir: str) -> list:

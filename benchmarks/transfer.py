@@ -1,49 +1,47 @@
 #!/usr/bin/env python
-"""Transfer benchmark: Mask R-CNN fine-tuned from random init vs from SoCo-pretrained init.
+"""SoCo's transfer benchmark: a detector fine-tuned from random init vs from the SoCo trunk.
 
-    python benchmarks/transfer.py --out output/transfer_bench/transfer.json
-    python benchmarks/transfer.py --quick --datasets synthetic --seeds 0 --out /tmp/quick.json
+    python benchmarks/transfer.py                                   # synthetic, the issue's bar
+    python benchmarks/transfer.py --datasets synthetic coco_sample  # + the coco_sample table
+    python benchmarks/transfer.py --quick --seeds 0                 # smoke test, minutes
 
-For every dataset, the two arms differ ONLY in MODEL.WEIGHTS: ``""`` (random init) or the
-trunk (backbone + FPN + 4conv1fc box head) that SoCo pretraining exported as
-``model_final_trunk.pth``. Schedule, inputs, test settings and fine-tuning seeds are the
-same, and a given seed also gives both arms the same initial RPN / box predictor / mask head
-and the same data order (Detectron2 seeds everything from SEED before the model is built).
-Pretraining uses NO labels and only the images of the fine-tuning train split:
+For every dataset, the two arms differ ONLY in MODEL.WEIGHTS: ``""`` (random init) or the trunk
+(backbone + FPN + 4conv1fc box head) that SoCo pretraining exported as ``model_final_trunk.pth``.
+Schedule, inputs, test settings and fine-tuning seeds are the same, and a given seed also gives
+both arms the same initial RPN / box predictor and the same data order (Detectron2 seeds
+everything from SEED before the model is built). Pretraining uses NO labels:
 
-- ``synthetic``: the embedded scenes. Pretraining = ``configs/soco/soco_demo_synthetic.yaml`` (the
-  ``make demo`` recipe: R18-FPN, 12 epochs of the 200 train images) on
-  ``soco_synthetic_train``; fine-tuning = ``configs/transfer/mask_rcnn_R18_FPN_synthetic.yaml``
-  on ``soco_synthetic_det_train``, evaluated on the 50 ``soco_synthetic_det_val`` images.
+- ``synthetic`` (the low-label setting of the evidence issue): SoCo pretraining with the CPU
+  recipe ``configs/soco/soco_demo_synthetic.yaml`` (the ``make demo`` run) on the 2000 train
+  scenes without labels; fine-tuning ``configs/transfer/faster_rcnn_R18_FPN_synthetic.yaml``
+  (Faster R-CNN R18-FPN) on the first 100 of them WITH labels (``soco_synthetic_det_train_100``),
+  evaluated on the 200 val scenes. Bar: SoCo - random >= 3 box AP, paired over the seeds,
+  and greater than 2 standard deviations of the paired difference.
 - ``coco_sample``: ../shared/data/coco_sample split 80/20 by image id (ids sorted ascending,
-  every 5th one to val; the fixed rule of soco_d2/data/coco_sample.py). Pretraining = the demo
-  recipe on ``coco_sample_soco`` (the 80 train images, selective-search proposals), fine-tuning
-  = ``configs/transfer/mask_rcnn_R18_FPN_coco_sample.yaml``, evaluated on the 20 val images.
+  every 5th one to val; the fixed rule of soco_d2/data/coco_sample.py). The same SoCo recipe on
+  the 80 train images (``coco_sample_soco``), fine-tuning
+  ``configs/transfer/faster_rcnn_R18_FPN_coco_sample.yaml``, evaluated on the 20 val images.
+  Reported, no bar: 80 images and minutes of CPU are far from the regime the paper measures.
 
-One pretraining per dataset (pretraining seed 0) is shared by all fine-tuning seeds.
+One pretraining per dataset (seed 0) is shared by all fine-tuning seeds (default 0, 1, 2). Each
+config's own schedule is used unless ``--pretrain-iters`` / ``--finetune-iters`` scale it.
+``--quick`` (3 pretraining and 4 fine-tuning iterations, the synthetic run evaluated on the first
+20 val scenes) is a smoke test of the pipeline; its numbers mean nothing.
 
-Default schedule (fits about an hour on 2 CPU cores, all runs CPU, bf16 autocast in training):
-pretraining 150 iterations at batch 16 for both datasets (synthetic: the demo's 12 epochs of 200
-images; coco_sample: 30 epochs of 80 images); fine-tuning at batch 4 for 100 iterations
-(synthetic, 2 epochs) or 50 iterations (coco_sample, 2.5 epochs), the configs' 300-iteration
-step schedule scaled down. That is the very start of detector training (classification scores
-still near uniform), so expect small APs and differences within seed noise; use
-``--pretrain-iters`` / ``--finetune-iters`` (or a GPU) for a real measurement.
-
-This file defines the study (datasets, configs, arms, schedules); ``benchmarks/harness.py``
-runs it. Every step is ``train_net.py`` run as a subprocess, i.e. exactly what a user runs;
-the JSON holds each command. The benchmark is resumable: a run whose output folder holds its
-result (``bench_result.json``, or Detectron2's final evaluation in ``metrics.json``) is reused,
-an interrupted one continues from its last checkpoint (``--resume``), and missing data
+This file defines the study (datasets, configs, arms, the bar); ``benchmarks/harness.py`` runs
+it. Every step is ``train_net.py`` run as a subprocess, i.e. exactly what a user runs; the JSON
+holds each command. The benchmark is resumable: a run whose output folder holds its result is
+reused, an interrupted one continues from its last checkpoint (``--resume``), and missing data
 (synthetic scenes, split jsons, proposals) and pretrainings are prepared first. Reusing a folder
 made with different settings is refused. Fine-tuning checkpoints are deleted once the result is
-recorded and so are the intermediate pretraining checkpoints (``--keep-checkpoints`` keeps them all);
-``model_final.pth`` and ``model_final_trunk.pth`` of each pretraining are kept.
+recorded and so are the intermediate pretraining checkpoints (``--keep-checkpoints`` keeps them
+all); ``model_final.pth`` and ``model_final_trunk.pth`` of each pretraining are kept.
 
-Reported: COCO box AP and mask AP (percent, pycocotools on the val split) per run, and per
-dataset and arm mean +- sample std over seeds, plus the paired (same seed) SoCo - random
-difference. A run with no detection at all, which Detectron2 reports as NaN AP, counts as 0 AP
-in the summary (it is flagged in the JSON and the table).
+Reported: COCO box AP (percent, pycocotools on the val split) per run, and per dataset and arm
+mean +- sample std over seeds, the paired (same seed) SoCo - random difference, and the probe of
+each pretraining (its ``probe.json``: first and last kNN accuracy) beside them. A run with no
+detection at all, which Detectron2 reports as NaN AP, counts as 0 AP in the summary (it is
+flagged in the JSON and the table).
 """
 import argparse
 import datetime
@@ -57,8 +55,8 @@ if BENCH_DIR not in sys.path:
 
 import harness  # noqa: E402
 from harness import (  # noqa: E402  (final_evaluation, check_same: part of this study's API)
-    REPO_ROOT, check_same, environment, final_evaluation, log, rel, run_finetuning,
-    run_logged, run_pretraining, write_json,
+    REPO_ROOT, check_same, config_max_iter, environment, final_evaluation, log, paired_gain_bar, rel,
+    run_finetuning, run_logged, run_pretraining, scaled_schedule, write_json,
 )
 
 if REPO_ROOT not in sys.path:
@@ -69,46 +67,28 @@ ARMS = {"random": "random", "soco": "SoCo"}
 # State_dict prefixes of the SoCo trunk in these FPN detectors: all must load in the SoCo arm.
 TRUNK_PREFIXES = ("backbone.", "roi_heads.box_head.")
 
-# Per dataset: the configs, what the benchmark overrides, and the default schedule. Iteration
-# counts were chosen so that both datasets, 2 arms x 3 seeds and both pretrainings fit in about an
-# hour on 2 CPU cores.
+# Per dataset: the configs, what the benchmark overrides, and the bar (None: reported only).
 DATASETS = {
     "synthetic": {
         "pretrain_config": "configs/soco/soco_demo_synthetic.yaml",
         "pretrain_opts": ["DATASETS.TRAIN", '("soco_synthetic_train",)'],
-        "pretrain_epochs": 12,
-        "finetune_config": "configs/transfer/mask_rcnn_R18_FPN_synthetic.yaml",
-        "finetune_iters": 100,
-        "test_opts": [
-            # <= 6 objects per image: fewer proposals and detections keep CPU inference short.
-            "MODEL.RPN.POST_NMS_TOPK_TEST", "100",
-            "TEST.DETECTIONS_PER_IMAGE", "20",
-        ],
+        "finetune_config": "configs/transfer/faster_rcnn_R18_FPN_synthetic.yaml",
+        "quick_opts": ["DATASETS.TEST", '("soco_synthetic_det_val_20",)'],
+        "min_gain": 3.0,
     },
     "coco_sample": {
         "pretrain_config": "configs/soco/soco_demo_synthetic.yaml",
-        "pretrain_opts": ["DATASETS.TRAIN", '("coco_sample_soco",)'],
-        "pretrain_epochs": 30,
-        "finetune_config": "configs/transfer/mask_rcnn_R18_FPN_coco_sample.yaml",
-        "finetune_iters": 50,
-        "test_opts": [
-            # up to 42 objects per image
-            "MODEL.RPN.POST_NMS_TOPK_TEST", "300",
-            "TEST.DETECTIONS_PER_IMAGE", "50",
-        ],
+        # 80 classes on 20 val images: the probe would be noise; the synthetic one stays.
+        "pretrain_opts": ["DATASETS.TRAIN", '("coco_sample_soco",)', "TEST.PROBE.DATASET", ""],
+        "finetune_config": "configs/transfer/faster_rcnn_R18_FPN_coco_sample.yaml",
+        "quick_opts": [],
+        "min_gain": None,
     },
 }
 
-# Both arms, both datasets. bf16 CPU autocast as in the pretraining recipe (the detection trainer
-# honours SOLVER.AMP.PRECISION; evaluation runs in fp32). A low score threshold so that short
-# schedules still produce detections (Detectron2 reports NaN AP for none at all).
-COMMON_FINETUNE_OPTS = [
-    "MODEL.DEVICE", "cpu",
-    "DATALOADER.NUM_WORKERS", "1",
-    "SOLVER.AMP.ENABLED", "True",
-    "SOLVER.AMP.PRECISION", "bfloat16",
-    "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.01",
-]
+# Both arms, both datasets. Precision is the configs' (SOLVER.AMP on CPU is bf16 only where the
+# CPU runs it natively, soco_d2/engine/precision.py).
+COMMON_FINETUNE_OPTS = ["MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "1"]
 QUICK = {"pretrain_iters": 3, "finetune_iters": 4, "precise_bn_iters": 2}
 
 
@@ -164,18 +144,14 @@ def prepare_data(name: str) -> None:
 
 # ------------------------------------------------------------------------------ pretraining
 def pretrain_opts(name: str, args, output_dir: str):
-    spec = DATASETS[name]
-    opts = list(spec["pretrain_opts"]) + [
+    opts = list(DATASETS[name]["pretrain_opts"]) + [
         "MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "1", "SEED", "0", "OUTPUT_DIR", rel(output_dir),
     ]
     iters = QUICK["pretrain_iters"] if args.quick else args.pretrain_iters
-    if iters:
-        # An explicit iteration count replaces the recipe's epochs; warmup keeps its 1/6 share.
-        opts += ["SOLVER.EPOCHS", "0", "SOLVER.MAX_ITER", str(iters),
-                 "SOLVER.WARMUP_EPOCHS", "0", "SOLVER.WARMUP_ITERS", str(max(1, iters // 6)),
-                 "SOLVER.CHECKPOINT_PERIOD", str(max(1, iters // 3))]
-    else:
-        opts += ["SOLVER.EPOCHS", str(spec["pretrain_epochs"])]
+    if iters:  # the recipe's shape (10% warmup, then cosine) at another length
+        opts += ["SOLVER.WARMUP_EPOCHS", "0"] + scaled_schedule(iters, 0.1, ())
+    if args.quick:
+        opts += ["TEST.PROBE.PERIOD", "0", "TEST.PROBE.MAX_IMAGES", "10"]
     return opts
 
 
@@ -189,24 +165,19 @@ def pretrain(name: str, args) -> dict:
 
 # ------------------------------------------------------------------------------- fine-tuning
 def finetune_schedule(name: str, args):
-    iters = QUICK["finetune_iters"] if args.quick else (args.finetune_iters or DATASETS[name]["finetune_iters"])
-    # The configs' step schedule (200, 270 of 300; 50 warmup) scaled to ``iters``.
-    # (fvcore wants every step < MAX_ITER.)
-    steps = sorted({min(max(1, round(iters * f)), iters - 1) for f in (2 / 3, 0.9)} - {0})
-    return iters, [
-        "SOLVER.MAX_ITER", str(iters),
-        "SOLVER.STEPS", "(" + ",".join(str(s) for s in steps) + ",)",
-        "SOLVER.WARMUP_ITERS", str(max(1, iters // 6)),
-        "SOLVER.CHECKPOINT_PERIOD", str(max(1, iters // 2)),
-    ]
+    """(iterations, overrides): the config's own schedule, or its shape (warmup 10%, step at
+    75%) scaled to ``--finetune-iters``."""
+    iters = QUICK["finetune_iters"] if args.quick else args.finetune_iters
+    if not iters:
+        return config_max_iter(DATASETS[name]["finetune_config"]), []
+    return iters, scaled_schedule(iters, 0.1, (0.75,))
 
 
 def finetune_opts(name: str, arm: str, seed: int, trunk: str, args, output_dir: str):
     iters, schedule = finetune_schedule(name, args)
-    opts = ["MODEL.WEIGHTS", rel(trunk) if arm == "soco" else ""]
-    opts += COMMON_FINETUNE_OPTS + DATASETS[name]["test_opts"] + schedule
+    opts = ["MODEL.WEIGHTS", rel(trunk) if arm == "soco" else ""] + COMMON_FINETUNE_OPTS + schedule
     if args.quick:
-        opts += ["TEST.PRECISE_BN.NUM_ITER", str(QUICK["precise_bn_iters"])]
+        opts += DATASETS[name]["quick_opts"] + ["TEST.PRECISE_BN.NUM_ITER", str(QUICK["precise_bn_iters"])]
     opts += ["SEED", str(seed), "OUTPUT_DIR", rel(output_dir)]
     return iters, opts
 
@@ -231,14 +202,26 @@ def format_table(summary) -> str:
     return harness.format_table(summary, ARMS)
 
 
+def bars(summary: dict) -> dict:
+    """Per dataset with a bar: is SoCo - random >= its minimum gain and > 2 std (paired)?"""
+    return {name: paired_gain_bar(summary, name, "delta_soco_minus_random", spec["min_gain"])
+            for name, spec in DATASETS.items() if spec["min_gain"] is not None and name in summary}
+
+
+def probe_summary(pretraining: dict) -> dict:
+    """First and last probe of each pretraining (kNN on head features): did the trunk learn?"""
+    out = {}
+    for name, pre in pretraining.items():
+        probes = (pre.get("probe") or {}).get("probes") or []
+        if probes:
+            out[name] = {"dataset": pre["probe"].get("dataset"), "first": probes[0], "last": probes[-1]}
+    return out
+
+
 # ------------------------------------------------------------------------------------ main
-def per_dataset(key: str) -> str:
-    return ", ".join(f"{name}: {spec[key]}" for name, spec in DATASETS.items())
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS),
+    p.add_argument("--datasets", nargs="+", default=["synthetic"], choices=list(DATASETS),
                    help="datasets to run (default: %(default)s)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
                    help="fine-tuning seeds, each run in both arms (default: %(default)s)")
@@ -247,11 +230,9 @@ def parse_args(argv=None):
                         "output/transfer_bench_quick with --quick)")
     p.add_argument("--out", default=None, help="JSON file for the results (default: OUTPUT_ROOT/transfer.json)")
     p.add_argument("--pretrain-iters", type=int, default=0,
-                   help="pretraining iterations (batch 16) instead of the per-dataset epochs "
-                        f"({per_dataset('pretrain_epochs')})")
+                   help="pretraining iterations instead of the recipe's (its shape scaled)")
     p.add_argument("--finetune-iters", type=int, default=0,
-                   help="fine-tuning iterations (batch 4) for every dataset (default per dataset: "
-                        f"{per_dataset('finetune_iters')})")
+                   help="fine-tuning iterations instead of each config's (its shape scaled)")
     p.add_argument("--quick", action="store_true",
                    help=f"smoke test: {QUICK['pretrain_iters']} pretraining and "
                         f"{QUICK['finetune_iters']} fine-tuning iterations")
@@ -292,7 +273,7 @@ def main(argv=None) -> int:
                     "finetune_config": DATASETS[name]["finetune_config"],
                     "finetune_iters": finetune_schedule(name, args)[0],
                     "finetune_schedule_overrides": finetune_schedule(name, args)[1],
-                    "test_overrides": DATASETS[name]["test_opts"],
+                    "min_gain": DATASETS[name]["min_gain"],
                 }
                 for name in args.datasets
             },
@@ -303,6 +284,8 @@ def main(argv=None) -> int:
 
     def save():
         result["summary"] = summarize(result["runs"]) if result["runs"] else {}
+        result["bars"] = bars(result["summary"])
+        result["probes"] = probe_summary(result["pretraining"])
         result["wall_s_this_invocation"] = round(time.time() - started, 1)
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         write_json(args.out, result)
@@ -325,6 +308,12 @@ def main(argv=None) -> int:
     write_json(args.out, result)
     print()
     print(format_table(result["summary"]))
+    for name, b in result["bars"].items():
+        print(f"{name}: SoCo - random box AP (paired) {harness.fmt(b['paired_gain_mean'])} +- "
+              f"{harness.fmt(b['paired_gain_std'])}; >= {b['min_gain']} and > 2 std: {b['met']}")
+    for name, p in result["probes"].items():
+        print(f"{name}: probe kNN (head) during pretraining {p['first']['knn_head']:.3f} (iteration "
+              f"{p['first']['iteration']}) -> {p['last']['knn_head']:.3f} (iteration {p['last']['iteration']})")
     print(f"\nPretraining wall: {pre_wall / 60:.1f} min, fine-tuning wall: {run_wall / 60:.1f} min "
           f"(recorded, reused runs included); this invocation: {(time.time() - started) / 60:.1f} min")
     print(f"JSON: {rel(args.out)}")

@@ -34,24 +34,59 @@ def test_arms_differ_only_in_weights(bench, tmp_path):
 
 
 @pytest.mark.parametrize("iters", [2, 4, 60, 100, 300])
-def test_schedule_steps_below_max_iter(bench, iters):
-    args = bench.parse_args(["--finetune-iters", str(iters)])
-    n, opts = bench.finetune_schedule("synthetic", args)
+def test_scaled_schedule_steps_below_max_iter(bench, iters):
+    n, opts = bench.finetune_schedule("synthetic", bench.parse_args(["--finetune-iters", str(iters)]))
     o = _opts_dict(opts)
     steps = eval(o["SOLVER.STEPS"])
     assert n == iters and int(o["SOLVER.MAX_ITER"]) == iters
     assert steps == tuple(sorted(steps)) and all(0 < s < iters for s in steps)
     assert 0 < int(o["SOLVER.WARMUP_ITERS"]) < max(iters, 2)
-    if iters == 300:  # the configs' own schedule
-        assert steps == (200, 270) and o["SOLVER.WARMUP_ITERS"] == "50"
+    if iters == 300:
+        assert steps == (225,) and o["SOLVER.WARMUP_ITERS"] == "30"
 
 
-def test_pretrain_iters_override_epochs(bench, tmp_path):
+def test_default_schedules_are_the_configs_own(bench, tmp_path):
+    args = bench.parse_args([])
+    assert args.datasets == ["synthetic"]  # coco_sample is asked for
+    n, opts = bench.finetune_schedule("synthetic", args)
+    assert n == 200 and opts == []  # configs/transfer/faster_rcnn_R18_FPN_synthetic.yaml
+    o = _opts_dict(bench.pretrain_opts("synthetic", args, str(tmp_path)))
+    assert "SOLVER.MAX_ITER" not in o and o["DATASETS.TRAIN"] == '("soco_synthetic_train",)'
+    _, ft = bench.finetune_opts("synthetic", "soco", 0, "t.pth", args, str(tmp_path / "r"))
+    assert "SOLVER.AMP.PRECISION" not in ft  # precision is the config's (fp32 unless bf16 is native)
+
+
+def test_pretrain_iters_override_the_recipe(bench, tmp_path):
     o = _opts_dict(bench.pretrain_opts("coco_sample", bench.parse_args(["--pretrain-iters", "12"]), str(tmp_path)))
-    assert o["SOLVER.EPOCHS"] == "0" and o["SOLVER.MAX_ITER"] == "12"
-    assert o["DATASETS.TRAIN"] == '("coco_sample_soco",)'
-    o = _opts_dict(bench.pretrain_opts("synthetic", bench.parse_args([]), str(tmp_path)))
-    assert o["SOLVER.EPOCHS"] == "12" and "SOLVER.MAX_ITER" not in o
+    assert o["SOLVER.EPOCHS"] == "0" and o["SOLVER.MAX_ITER"] == "12" and o["SOLVER.WARMUP_ITERS"] == "1"
+    assert o["DATASETS.TRAIN"] == '("coco_sample_soco",)' and o["TEST.PROBE.DATASET"] == ""
+
+
+def test_quick_mode_evaluates_twenty_val_scenes(bench, tmp_path):
+    _, opts = bench.finetune_opts("synthetic", "random", 0, "t.pth", bench.parse_args(["--quick"]), str(tmp_path))
+    o = _opts_dict(opts)
+    assert o["DATASETS.TEST"] == '("soco_synthetic_det_val_20",)' and o["SOLVER.MAX_ITER"] == "4"
+
+
+def test_bar_needs_three_ap_and_two_std(bench):
+    def summary(deltas):
+        return {"synthetic": {"delta_soco_minus_random": {
+            "n": len(deltas), "bbox_AP": {"mean": sum(deltas) / len(deltas),
+                                          "std": __import__("statistics").stdev(deltas) if len(deltas) > 1 else 0.0}}}}
+    assert bench.bars(summary([3.5, 4.0, 4.5]))["synthetic"]["met"] is True
+    assert bench.bars(summary([2.0, 2.2, 2.4]))["synthetic"]["met"] is False  # < 3 AP
+    assert bench.bars(summary([0.5, 4.0, 8.5]))["synthetic"]["met"] is False  # mean 4.3 < 2 x 4.0
+    assert bench.bars(summary([5.0]))["synthetic"]["met"] is None  # one seed: no std
+    assert "coco_sample" not in bench.bars({"coco_sample": {}})  # reported, no bar
+
+
+def test_probe_summary_reads_first_and_last(bench):
+    pre = {"synthetic": {"probe": {"dataset": "soco_synthetic_det_val", "probes": [
+        {"iteration": 0, "knn_head": 0.4}, {"iteration": 100, "knn_head": 0.5}, {"iteration": 200, "knn_head": 0.6}]}},
+        "coco_sample": {"probe": None}}
+    p = bench.probe_summary(pre)
+    assert list(p) == ["synthetic"]
+    assert p["synthetic"]["first"]["knn_head"] == 0.4 and p["synthetic"]["last"]["iteration"] == 200
 
 
 def test_final_evaluation_and_summary(bench, tmp_path):
