@@ -40,6 +40,7 @@ def test_unknown_key_on_the_command_line(tmp_path):
     ("INPUT.SOCO.CROP_SCALE", "(0.5, 1.5)", "INPUT.SOCO.CROP_SCALE must satisfy 0 < lo <= hi <= 1"),
     ("INPUT.SOCO.FLIP_PROB", "2.0", "INPUT.SOCO.FLIP_PROB must be in [0, 1], got 2.0"),
     ("MODEL.SOCO.MOMENTUM", "1.5", "MODEL.SOCO.MOMENTUM must be in [0, 1], got 1.5"),
+    ("SOLVER.CHECKPOINT_PERIOD", "0", "SOLVER.CHECKPOINT_PERIOD must be >= 1, got 0"),
 ])
 def test_bad_value_names_the_key(tmp_path, key, value, message):
     with pytest.raises(ConfigError) as e:

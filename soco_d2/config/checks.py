@@ -56,6 +56,8 @@ def common_problems(cfg) -> List[str]:
         problems.append(f"SOLVER.OPTIMIZER must be 'LARS' or 'SGD', got {cfg.SOLVER.OPTIMIZER!r}")
     if cfg.SOLVER.IMS_PER_BATCH < 1:
         problems.append(f"SOLVER.IMS_PER_BATCH must be >= 1, got {cfg.SOLVER.IMS_PER_BATCH}")
+    if cfg.SOLVER.CHECKPOINT_PERIOD < 1:  # fvcore's PeriodicCheckpointer divides by it
+        problems.append(f"SOLVER.CHECKPOINT_PERIOD must be >= 1, got {cfg.SOLVER.CHECKPOINT_PERIOD}")
     if not cfg.DATASETS.TRAIN:
         problems.append("DATASETS.TRAIN is empty: name at least one pretraining dataset")
     steps = list(cfg.SOLVER.STEP_EPOCHS)
