@@ -36,7 +36,6 @@ smoke test of the whole pipeline in minutes (2 AlignDet and 4 fine-tuning iterat
 and a 3-iteration SoCo trunk made on the spot when ``--soco-trunk`` does not exist).
 """
 import argparse
-import datetime
 import os
 import sys
 import time
@@ -47,8 +46,8 @@ if BENCH_DIR not in sys.path:
 
 import harness  # noqa: E402
 from harness import (  # noqa: E402
-    REPO_ROOT, config_max_iter, environment, log, missing_trunk_keys, paired_gain_bar, rel, run_finetuning,
-    run_pretraining, scaled_schedule, write_json,
+    REPO_ROOT, config_max_iter, log, missing_trunk_keys, new_result, paired_gain_bar, rel,
+    resolve_output_paths, run_finetuning, run_pretraining, scaled_schedule, write_json,
 )
 from transfer import prepare_data  # noqa: E402  (the embedded scenes and their proposals)
 
@@ -181,12 +180,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.seeds is None:
         args.seeds = [0] if args.quick else [0, 1, 2]
-    if args.output_root is None:
-        args.output_root = "output/aligndet_bench_quick" if args.quick else "output/aligndet_bench"
-    if not os.path.isabs(args.output_root):
-        args.output_root = os.path.join(REPO_ROOT, args.output_root)
-    if args.out is None:
-        args.out = os.path.join(args.output_root, "aligndet.json")
+    resolve_output_paths(args, "aligndet")
     return args
 
 
@@ -194,17 +188,14 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     os.chdir(REPO_ROOT)  # train_net.py, configs and datasets/ are relative to the repo root
     started = time.time()
-    result = {
-        "benchmark": "aligndet",
-        "command": ["python", "benchmarks/aligndet.py"] + (sys.argv[1:] if argv is None else list(argv)),
-        "started": datetime.datetime.now().isoformat(timespec="seconds"),
-        "environment": environment(),
-        "settings": {"detector": args.detector, "seeds": args.seeds, "quick": args.quick, "arms": ARMS,
-                     "finetune_config": args.finetune_config or DETECTORS[args.detector]["finetune_config"],
-                     "output_root": rel(args.output_root)},
-        "pretraining": {},
-        "runs": [],
-    }
+    result = new_result(
+        "aligndet", argv,
+        settings={"detector": args.detector, "seeds": args.seeds, "quick": args.quick, "arms": ARMS,
+                  "finetune_config": args.finetune_config or DETECTORS[args.detector]["finetune_config"],
+                  "output_root": rel(args.output_root)},
+        pretraining={},
+        runs=[],
+    )
 
     def save():
         result["summary"] = harness.summarize(result["runs"], ARMS) if result["runs"] else {}

@@ -425,6 +425,28 @@ def format_table(summary, arms: dict) -> str:
     return "\n".join(lines)
 
 
+def new_result(benchmark: str, argv, **fields) -> dict:
+    """The head of a benchmark's JSON: its name, the command as typed, when, the machine, then
+    ``fields`` (settings, empty run lists...)."""
+    import datetime
+
+    return {"benchmark": benchmark,
+            "command": ["python", f"benchmarks/{benchmark}.py"] + (sys.argv[1:] if argv is None else list(argv)),
+            "started": datetime.datetime.now().isoformat(timespec="seconds"),
+            "environment": environment(), **fields}
+
+
+def resolve_output_paths(args, name: str) -> None:
+    """``args.output_root`` (default ``output/<name>_bench``, ``..._quick`` with --quick) made
+    absolute under the repository, and ``args.out`` (default ``OUTPUT_ROOT/<name>.json``)."""
+    if args.output_root is None:
+        args.output_root = f"output/{name}_bench_quick" if args.quick else f"output/{name}_bench"
+    if not os.path.isabs(args.output_root):
+        args.output_root = os.path.join(REPO_ROOT, args.output_root)
+    if args.out is None:
+        args.out = os.path.join(args.output_root, f"{name}.json")
+
+
 def environment():
     env = {"python": platform.python_version(), "platform": platform.platform(),
            "cpu_count": os.cpu_count(), "hostname": platform.node()}

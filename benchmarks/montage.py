@@ -36,7 +36,6 @@ a folder made with other settings refused. Each fine-tuning record lists the pre
 not load (must be empty: ``backbone.bottom_up.*`` for Montage, backbone and box head for SoCo).
 """
 import argparse
-import datetime
 import os
 import sys
 import time
@@ -48,8 +47,9 @@ if BENCH_DIR not in sys.path:
 import harness  # noqa: E402
 from aligndet import DEFAULT_SOCO_TRUNK, soco_trunk  # noqa: E402  (the SoCo arm's trunk)
 from harness import (  # noqa: E402
-    REPO_ROOT, config_max_iter, environment, fmt, rel, run_finetuning, run_pretraining, scaled_schedule, write_json,
-)  # noqa: E402
+    REPO_ROOT, config_max_iter, fmt, new_result, rel, resolve_output_paths, run_finetuning,
+    run_pretraining, scaled_schedule, write_json,
+)
 from transfer import prepare_data  # noqa: E402  (the embedded scenes and their proposals)
 
 # Arm -> its name in tables; "random" is the baseline every other arm is paired with.
@@ -168,12 +168,7 @@ def parse_args(argv=None):
         p.error("--arms: the first arm must be random (the baseline of the paired differences)")
     if args.seeds is None:
         args.seeds = [0] if args.quick else [0, 1, 2]
-    if args.output_root is None:
-        args.output_root = "output/montage_bench_quick" if args.quick else "output/montage_bench"
-    if not os.path.isabs(args.output_root):
-        args.output_root = os.path.join(REPO_ROOT, args.output_root)
-    if args.out is None:
-        args.out = os.path.join(args.output_root, "montage.json")
+    resolve_output_paths(args, "montage")
     return args
 
 
@@ -181,18 +176,15 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     os.chdir(REPO_ROOT)  # train_net.py, configs and datasets/ are relative to the repo root
     started = time.time()
-    result = {
-        "benchmark": "montage",
-        "command": ["python", "benchmarks/montage.py"] + (sys.argv[1:] if argv is None else list(argv)),
-        "started": datetime.datetime.now().isoformat(timespec="seconds"),
-        "environment": environment(),
-        "settings": {"arms": {a: ARMS[a] for a in args.arms}, "seeds": args.seeds, "quick": args.quick,
-                     "montage_iters": QUICK["montage_iters"] if args.quick else args.montage_iters,
-                     "finetune_config": FINETUNE_CONFIG, "finetune_iters": finetune_max_iter(args),
-                     "output_root": rel(args.output_root)},
-        "pretraining": {},
-        "runs": [],
-    }
+    result = new_result(
+        "montage", argv,
+        settings={"arms": {a: ARMS[a] for a in args.arms}, "seeds": args.seeds, "quick": args.quick,
+                  "montage_iters": QUICK["montage_iters"] if args.quick else args.montage_iters,
+                  "finetune_config": FINETUNE_CONFIG, "finetune_iters": finetune_max_iter(args),
+                  "output_root": rel(args.output_root)},
+        pretraining={},
+        runs=[],
+    )
 
     def save():
         result["summary"] = summarize(result["runs"], args.arms) if result["runs"] else {}

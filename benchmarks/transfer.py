@@ -44,7 +44,6 @@ detection at all, which Detectron2 reports as NaN AP, counts as 0 AP in the summ
 flagged in the JSON and the table).
 """
 import argparse
-import datetime
 import os
 import sys
 import time
@@ -55,8 +54,8 @@ if BENCH_DIR not in sys.path:
 
 import harness  # noqa: E402
 from harness import (  # noqa: E402  (final_evaluation, check_same: part of this study's API)
-    REPO_ROOT, check_same, config_max_iter, environment, final_evaluation, log, paired_gain_bar, rel,
-    run_finetuning, run_logged, run_pretraining, scaled_schedule, write_json,
+    REPO_ROOT, check_same, config_max_iter, final_evaluation, log, new_result, paired_gain_bar, rel,
+    resolve_output_paths, run_finetuning, run_logged, run_pretraining, scaled_schedule, write_json,
 )
 
 if REPO_ROOT not in sys.path:
@@ -240,12 +239,7 @@ def parse_args(argv=None):
                    help="keep all checkpoints (by default a fine-tuning run's are deleted once its "
                         "result is recorded, and a pretraining keeps only model_final.pth and the trunk)")
     args = p.parse_args(argv)
-    if args.output_root is None:
-        args.output_root = "output/transfer_bench_quick" if args.quick else "output/transfer_bench"
-    args.output_root = os.path.join(REPO_ROOT, args.output_root) if not os.path.isabs(args.output_root) \
-        else args.output_root
-    if args.out is None:
-        args.out = os.path.join(args.output_root, "transfer.json")
+    resolve_output_paths(args, "transfer")
     return args
 
 
@@ -253,12 +247,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     os.chdir(REPO_ROOT)  # train_net.py, configs and datasets/ are relative to the repo root
     started = time.time()
-    result = {
-        "benchmark": "transfer",
-        "command": ["python", "benchmarks/transfer.py"] + (sys.argv[1:] if argv is None else list(argv)),
-        "started": datetime.datetime.now().isoformat(timespec="seconds"),
-        "environment": environment(),
-        "settings": {
+    result = new_result(
+        "transfer", argv,
+        settings={
             "datasets": args.datasets,
             "seeds": args.seeds,
             "arms": {"random": 'MODEL.WEIGHTS ""', "soco": "MODEL.WEIGHTS <pretraining>/model_final_trunk.pth"},
@@ -278,9 +269,9 @@ def main(argv=None) -> int:
                 for name in args.datasets
             },
         },
-        "pretraining": {},
-        "runs": [],
-    }
+        pretraining={},
+        runs=[],
+    )
 
     def save():
         result["summary"] = summarize(result["runs"]) if result["runs"] else {}
