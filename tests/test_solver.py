@@ -1,3 +1,4 @@
+import pytest
 import torch
 from detectron2.config import get_cfg
 
@@ -68,6 +69,24 @@ def test_lr_is_scaled_by_total_batch():
     assert [g["weight_decay"] for g in opt.param_groups] == [cfg.SOLVER.WEIGHT_DECAY, 0.0]
     cfg.SOLVER.BASE_LR_BATCH = 0
     assert effective_lr(cfg) == 1.0
+
+
+@pytest.mark.parametrize("optimizer", ["LARS", "SGD"])
+def test_bias_norm_lr_factor_scales_the_excluded_group_and_the_schedule_keeps_it(optimizer):
+    from detectron2.solver import build_lr_scheduler
+
+    cfg = add_soco_config(get_cfg())
+    cfg.SOLVER.OPTIMIZER, cfg.SOLVER.BASE_LR, cfg.SOLVER.BASE_LR_BATCH = optimizer, 2.0, 0
+    cfg.SOLVER.BIAS_NORM_LR_FACTOR = 0.1
+    cfg.SOLVER.MAX_ITER, cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.LR_SCHEDULER_NAME = 10, 0, "WarmupCosineLR"
+    opt = build_soco_optimizer(cfg, _model())
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([2.0, 0.2])
+    sched = build_lr_scheduler(cfg, opt)
+    for _ in range(5):
+        opt.step()
+        sched.step()
+    lrs = [g["lr"] for g in opt.param_groups]
+    assert lrs[0] < 2.0 and lrs[1] == pytest.approx(lrs[0] * 0.1)
 
 
 def test_epochs_become_iterations_and_warmup_stays_shorter():

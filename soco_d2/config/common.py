@@ -33,6 +33,10 @@ def add_common_config(cfg):
     # Batch size that BASE_LR refers to: lr = BASE_LR * IMS_PER_BATCH / BASE_LR_BATCH
     # (Sec. 6: 1.0 per 256). 0 uses BASE_LR as it is.
     _C.SOLVER.BASE_LR_BATCH = 256
+    # lr of the biases and norm parameters (the group LARS leaves unadapted and undecayed) as a
+    # multiple of the lr. 1.0 as published; short small-batch runs need less: at lr 2.0 a third
+    # of the stem's BatchNorm betas went below -0.5 in 160 steps (dead channels).
+    _C.SOLVER.BIAS_NORM_LR_FACTOR = 1.0
     # When > 0, MAX_ITER and WARMUP_ITERS are derived from epochs of DATASETS.TRAIN.
     _C.SOLVER.EPOCHS = 0
     # Warmup in epochs (with EPOCHS > 0); -1 keeps SOLVER.WARMUP_ITERS as it is (e.g. AlignDet's

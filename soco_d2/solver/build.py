@@ -56,12 +56,14 @@ def build_soco_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     logger.info(
         f"{name}: lr {lr:g} (BASE_LR {cfg.SOLVER.BASE_LR:g} x batch "
         f"{cfg.SOLVER.IMS_PER_BATCH} / {cfg.SOLVER.BASE_LR_BATCH or 'as is'}), "
-        f"{len(adapted)} adapted tensors, {len(excluded)} bias/norm tensors excluded"
+        f"{len(adapted)} adapted tensors, {len(excluded)} bias/norm tensors excluded "
+        f"(lr x {cfg.SOLVER.BIAS_NORM_LR_FACTOR:g})"
     )
+    excluded_lr = lr * cfg.SOLVER.BIAS_NORM_LR_FACTOR
     if name == "LARS":
         groups = [
             {"params": adapted, "weight_decay": wd, "lars": True},
-            {"params": excluded, "weight_decay": 0.0, "lars": False},
+            {"params": excluded, "weight_decay": 0.0, "lars": False, "lr": excluded_lr},
         ]
         return LARS(
             groups, lr=lr, momentum=cfg.SOLVER.MOMENTUM,
@@ -70,7 +72,7 @@ def build_soco_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     if name == "SGD":
         groups = [
             {"params": adapted, "weight_decay": wd},
-            {"params": excluded, "weight_decay": 0.0},
+            {"params": excluded, "weight_decay": 0.0, "lr": excluded_lr},
         ]
         return torch.optim.SGD(
             groups, lr=lr, momentum=cfg.SOLVER.MOMENTUM, nesterov=cfg.SOLVER.NESTEROV
