@@ -1,18 +1,16 @@
 """benchmarks/aligndet.py without training: arms, schedules, the SoCo trunk, the bar."""
-import importlib.util
 import os
 
 import pytest
+
+from train_helpers import load_script
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("aligndet_bench", os.path.join(REPO_ROOT, "benchmarks", "aligndet.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/aligndet.py", "aligndet_bench")
 
 
 def _opts(opts):

@@ -1,7 +1,6 @@
 """AlignDet's hand-off: the exported FPN, RPN and box head / RetinaNet subnets load by name into
 stock Faster R-CNN, Mask R-CNN and RetinaNet built from the transfer configs; the exporter tells
 AlignDet checkpoints from SoCo ones; the fine-tuning configs carry AlignDet's lr and wd."""
-import importlib.util
 import os
 
 import pytest
@@ -13,6 +12,7 @@ from soco_d2.config import WEIGHTS_PLACEHOLDER, add_config, load_config
 from soco_d2.export import export_trunk, find_export_spec
 from soco_d2.methods.aligndet.export import RCNN_KEEP, RETINANET_KEEP, aligndet_export
 from test_export import load_with_report, save_trained_soco_checkpoint
+from train_helpers import load_script
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALIGNDET = os.path.join(REPO, "configs", "aligndet")
@@ -110,9 +110,7 @@ def test_exporter_tells_aligndet_from_soco():
 
 
 def test_converter_also_keeps_the_regression_layer(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("convert_to_d2", os.path.join(REPO, "tools", "convert_to_d2.py"))
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = load_script("tools/convert_to_d2.py")
     t = torch.ones(2)
     state = {"backbone.a": t, "roi_heads.box_head.fc1.weight": t, "roi_heads.box_predictor.bbox_pred.weight": t,
              "roi_heads.box_predictor.cls_score.fc1.weight": t, "target.backbone.a": t}

@@ -1,7 +1,6 @@
 """Hand-off to detection: export the online trunk, load it into stock Detectron2 detectors built
 from the transfer configs, and fine-tune + evaluate from it."""
 import glob
-import importlib.util
 import math
 import os
 import types
@@ -18,7 +17,7 @@ from soco_d2 import add_soco_config
 from soco_d2.config import WEIGHTS_PLACEHOLDER, check_weights_set, load_config
 from soco_d2.export import export_trunk
 from soco_d2.methods.soco.export import ONLINE_TRUNK_PREFIXES, SOCO_ONLY_PREFIXES
-from train_helpers import load_with_report, perturb_weights
+from train_helpers import load_script, load_with_report, perturb_weights
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs", "soco")
@@ -122,9 +121,7 @@ def tiny_state():
 
 
 def test_converter_cli_and_clear_errors(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("convert_to_d2", os.path.join(REPO, "tools", "convert_to_d2.py"))
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = load_script("tools/convert_to_d2.py")
     main = cli.main
 
     src, dst = tmp_path / "model_final.pth", tmp_path / "out" / "trunk.pth"
@@ -152,9 +149,7 @@ def test_converter_cli_and_clear_errors(tmp_path, capsys):
 def test_converter_method_flag_and_renames(tmp_path, capsys):
     from soco_d2.export import ExportSpec
 
-    spec = importlib.util.spec_from_file_location("convert_to_d2", os.path.join(REPO, "tools", "convert_to_d2.py"))
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = load_script("tools/convert_to_d2.py")
     src, dst = tmp_path / "model_final.pth", tmp_path / "trunk.pth"
     torch.save({"model": tiny_state()}, src)
     assert cli.main([str(src), str(dst), "--method", "SoCo"]) == 0

@@ -1,10 +1,9 @@
 """benchmarks/gpu_step.py runs end to end (CPU smoke test, fp32, tiny model): the JSON has the
 step figures per batch, the profiler's top ops and the data pipeline's rate."""
-import importlib.util
 import json
-import os
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from train_helpers import load_script
+
 TINY = ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
         "MODEL.FPN.OUT_CHANNELS", "32", "MODEL.ROI_BOX_HEAD.CONV_DIM", "32", "MODEL.ROI_BOX_HEAD.FC_DIM", "64",
         "MODEL.SOCO.PROJECTOR_HIDDEN_DIM", "64", "MODEL.SOCO.PROJECTOR_DIM", "32",
@@ -13,9 +12,7 @@ TINY = ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
 
 
 def test_cpu_smoke(tmp_path, one_thread):
-    spec = importlib.util.spec_from_file_location("gpu_step", os.path.join(REPO_ROOT, "benchmarks", "gpu_step.py"))
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmarks/gpu_step.py")
     out = tmp_path / "gpu.json"
     bench.main(["--out", str(out), "--device", "cpu", "--dtype", "fp32", "--batches", "2", "--steps", "1",
                 "--warmup", "0", "--workers", "1", "--pipeline-images", "3", "--images", "2", *TINY])

@@ -1,19 +1,17 @@
 """benchmarks/montage.py without training: arms, pretraining and fine-tuning commands, summary."""
-import importlib.util
 import math
 import os
 
 import pytest
+
+from train_helpers import load_script
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("montage_bench", os.path.join(REPO_ROOT, "benchmarks", "montage.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/montage.py", "montage_bench")
 
 
 def _opts(opts):

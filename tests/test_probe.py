@@ -21,6 +21,7 @@ from soco_d2.evaluation.probe import (
     reestimate_bn,
     trunk_from_detector,
 )
+from train_helpers import load_script
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRANSFER = os.path.join(REPO_ROOT, "configs", "transfer", "mask_rcnn_R18_FPN_synthetic.yaml")
@@ -112,13 +113,10 @@ def test_probe_trunk_leaves_the_model_untouched(tiny_images):
 
 
 def test_probe_tool_compares_trunks(tiny_images, tmp_path, capsys):
-    import importlib.util
-
+    
     cfg, model = _detector()
     torch.save({"model": model.state_dict()}, tmp_path / "w.pth")
-    spec = importlib.util.spec_from_file_location("probe_tool", os.path.join(REPO_ROOT, "tools", "probe.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_script("tools/probe.py", "probe_tool")
     json_file, image_root = tiny_images
     out = tmp_path / "probe.json"
     rc = tool.main(["--config-file", TRANSFER, "--json", json_file, "--image-root", image_root,

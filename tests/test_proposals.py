@@ -1,5 +1,4 @@
 """Proposal generation: SoCo's filter, selective search, the resumable job and its CLI (CPU)."""
-import importlib.util
 import json
 import os
 import pickle
@@ -18,6 +17,7 @@ from soco_d2.data.proposals import (
     ASPECT, FULL, SIZE, WHOLE_IMAGE, BoxFilter, ImageReadError, ProposalSettings,
     failures_path, filter_boxes, generate_proposals, load_image_bgr, partial_dir, propose_image,
 )
+from train_helpers import load_script
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI = os.path.join(REPO_ROOT, "tools", "generate_proposals.py")
@@ -43,10 +43,7 @@ def _write_images(folder, n, start=0):
 
 
 def _load_cli():
-    spec = importlib.util.spec_from_file_location("generate_proposals_cli", CLI)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/generate_proposals.py", "generate_proposals_cli")
 
 
 # ----------------------------------------------------------------------------- filter

@@ -1,5 +1,4 @@
 """Tests for the embedded synthetic dataset (soco_d2.data.synthetic)."""
-import importlib.util
 import json
 import os
 
@@ -16,8 +15,8 @@ from soco_d2.data.synthetic import (
     generate_synthetic_dataset,
     synthetic_split_paths,
 )
+from train_helpers import load_script
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(num_train=6, num_val=3, seed=0, min_size=96, max_size=128)
 
 
@@ -238,11 +237,7 @@ def test_detectron2_load_coco_json(dataset):
 
 
 def test_cli(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location(
-        "make_synthetic_dataset", os.path.join(REPO_ROOT, "tools", "make_synthetic_dataset.py")
-    )
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = load_script("tools/make_synthetic_dataset.py")
     out = str(tmp_path / "cli")
     argv = ["--out", out, "--num-train", "4", "--num-val", "2", "--min-size", "96", "--max-size", "112"]
     assert cli.main(argv) == 0

@@ -1,22 +1,16 @@
 """benchmarks/transfer.py without training: commands, schedule, result parsing, summary."""
-import importlib.util
 import json
 import math
-import os
 
 import pytest
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from train_helpers import load_script
+
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location(
-        "transfer_bench", os.path.join(REPO_ROOT, "benchmarks", "transfer.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/transfer.py", "transfer_bench")
 
 
 def _opts_dict(opts):

@@ -1,5 +1,6 @@
-"""Helpers for the tests that go through train_net.py's setup()/main() and the trainers, and
-for the export tests."""
+"""Helpers for the tests that go through train_net.py's setup()/main() and the trainers, for
+the export tests, and for the tests of scripts (tools/, benchmarks/)."""
+import importlib.util
 import os
 
 import torch
@@ -9,6 +10,16 @@ from soco_d2.data.synthetic import generate_synthetic_dataset
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSTANT = os.path.join(REPO_ROOT, "configs", "soco", "soco_instant_test.yaml")
+
+
+def load_script(relpath: str, name: str = None):
+    """A script of the repository (e.g. ``"tools/probe.py"``) imported as a module, so that tests
+    call its functions and ``main(argv)``; ``name`` defaults to the file name without ``.py``."""
+    path = os.path.join(REPO_ROOT, relpath)
+    spec = importlib.util.spec_from_file_location(name or os.path.splitext(os.path.basename(path))[0], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class TrainArgs:
