@@ -19,6 +19,7 @@ Arms are ``{key: name}``, e.g. ``{"random": "random", "soco": "SoCo"}``; the fir
 baseline that the others are paired with by seed. A run with no detection at all, which
 Detectron2 reports as NaN AP, counts as 0 AP in the summary (flagged in the record and table).
 """
+import datetime
 import glob
 import json
 import math
