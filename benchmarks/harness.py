@@ -429,8 +429,6 @@ def format_table(summary, arms: dict) -> str:
 def new_result(benchmark: str, argv, **fields) -> dict:
     """The head of a benchmark's JSON: its name, the command as typed, when, the machine, then
     ``fields`` (settings, empty run lists...)."""
-    import datetime
-
     return {"benchmark": benchmark,
             "command": ["python", f"benchmarks/{benchmark}.py"] + (sys.argv[1:] if argv is None else list(argv)),
             "started": datetime.datetime.now().isoformat(timespec="seconds"),
