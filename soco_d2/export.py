@@ -192,7 +192,7 @@ def export_trunk(
     Returns:
         dict with ``source``, ``output``, ``method``, ``kept`` (number of keys),
         ``kept_keys``, ``dropped`` ({part: number of keys}), ``renamed`` (number of keys whose
-        name changed), ``aliased`` (extra names written, see ``ExportSpec.aliases``; counted in
+        name changed), ``names`` ({old: new} for every exported key), ``aliased`` (extra names written, see ``ExportSpec.aliases``; counted in
         ``kept`` and ``kept_keys``) and ``num_parameters`` (elements in the kept tensors, each
         tensor once).
 
@@ -245,6 +245,7 @@ def export_trunk(
         "kept_keys": list(weights),
         "dropped": dict(sorted(dropped.items())),
         "renamed": renamed,
+        "names": dict(names),
         "aliased": aliased,
         "num_parameters": int(sum(weights[new].numel() for new in names.values())),
     }

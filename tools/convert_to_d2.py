@@ -51,10 +51,14 @@ def main(argv=None) -> int:
             if spec is None:
                 spec = find_export_spec(list(read_state_dict(args.input)), args.input)
             spec = dataclasses.replace(spec, keep=spec.keep + tuple(args.also_keep))
-        summary = export_trunk(args.input, args.output, spec)
+        # The key map is printed here, not logged: the library's logger may already have been
+        # set up (or silenced) by whoever called main() before in this process.
+        summary = export_trunk(args.input, args.output, spec, verbose=False)
     except (FileNotFoundError, ValueError) as e:
         logger.error(str(e))
         return 1
+    for old, new in summary["names"].items():
+        print(f"  {old} -> {new}")
     dropped = ", ".join(f"{part}: {n}" for part, n in summary["dropped"].items())
     renamed = f"{summary['renamed']} renamed" if summary["renamed"] else "none renamed"
     print(f"kept {summary['kept']} keys ({renamed}); dropped {dropped}; wrote {summary['output']}")
