@@ -5,15 +5,18 @@ the same SoCo backbone? (issue 10, item 5)
     python benchmarks/aligndet.py --out output/aligndet_bench/aligndet.json
     python benchmarks/aligndet.py --quick --out output/aligndet_bench_quick/aligndet.json
 
-Three arms, fine-tuned with the same config, schedule and seeds; they differ ONLY in MODEL.WEIGHTS:
+Arms, fine-tuned with the same config, schedule and seeds; they differ ONLY in MODEL.WEIGHTS:
 
-- ``soco`` (the baseline the others are paired with): the SoCo trunk of the CPU recipe
-  (``--soco-trunk``, default ``output/soco_demo_synthetic/model_final_trunk.pth``: ResNet,
-  FPN and box head from SoCo; RPN and box predictor random);
-- ``aligndet``: that trunk after AlignDet pretraining (``configs/aligndet/aligndet_demo_synthetic.yaml``
-  with MODEL.WEIGHTS = the SoCo trunk): the same, frozen ResNet, with FPN, RPN and box head
-  from AlignDet;
-- ``random``: MODEL.WEIGHTS ``""``.
+- ``soco_backbone`` (the baseline the others are paired with; the issue's arm (a)): the ResNet
+  of the SoCo trunk of the CPU recipe (``--soco-trunk``, default
+  ``output/soco_demo_synthetic/model_final_trunk.pth``), its ``backbone.bottom_up.*`` keys only,
+  written to ``OUTPUT_ROOT/soco_backbone.pth``: FPN, RPN and heads random;
+- ``aligndet`` (arm (b)): that trunk after AlignDet pretraining
+  (``configs/aligndet/aligndet_demo_synthetic.yaml`` with MODEL.WEIGHTS = the SoCo trunk): the
+  same, frozen ResNet, with FPN, RPN and box head from AlignDet;
+- ``random``: MODEL.WEIGHTS ``""`` (random everything, the third arm);
+- ``soco`` (only with ``--arms``): the whole SoCo trunk (ResNet, FPN and box head from SoCo;
+  RPN and box predictor random).
 
 No labels are used before fine-tuning: SoCo and AlignDet see the 2000 embedded train scenes
 (``soco_synthetic_train``) with their selective-search proposals. Fine-tuning:
@@ -25,9 +28,9 @@ runs the same study with RetinaNet (``aligndet_retinanet_demo_synthetic.yaml``,
 every arm the same data order and the same initial random layers.
 
 Reported: box AP (COCO, percent) per run; per arm mean +- sample std over seeds; the paired
-(same seed) differences AlignDet - SoCo and random - SoCo with their std; and whether the bar
-of the issue is met (AlignDet - SoCo gain greater than 2 standard deviations of the paired
-difference). The AlignDet pretraining record lists any SoCo-trunk key its model did not load
+(same seed) differences of every arm minus ``soco_backbone`` with their std; and whether the bar
+of the issue is met (AlignDet - SoCo backbone gain greater than 2 standard deviations of the
+paired difference). The AlignDet pretraining record lists any SoCo-trunk key its model did not load
 (it must be empty: the trunk's shapes must match, FPN 128 channels and box head 128 / 512).
 
 Runs, reuse, resume and statistics: ``benchmarks/harness.py`` (every step is ``train_net.py``
@@ -53,7 +56,9 @@ from transfer import prepare_data  # noqa: E402  (the embedded scenes and their 
 
 # Arm -> its name in tables; the first arm is the baseline the others are paired with.
 # "AlignDet" is the SoCo trunk after AlignDet pretraining.
-ARMS = {"soco": "SoCo", "aligndet": "AlignDet", "random": "random"}
+ARMS = {"soco_backbone": "SoCo backbone", "aligndet": "AlignDet", "random": "random", "soco": "SoCo trunk"}
+DEFAULT_ARMS = ["soco_backbone", "aligndet", "random"]
+BACKBONE_PREFIX = "backbone.bottom_up."  # the ResNet, in an FPN detector's names
 DEFAULT_SOCO_TRUNK = "output/soco_demo_synthetic/model_final_trunk.pth"
 # The trunk of the CPU recipes (configs/transfer/faster_rcnn_R18_FPN_synthetic.yaml): the quick
 # mode's SoCo trunk is made with it, whatever the SoCo demo config says.
@@ -65,14 +70,15 @@ DETECTORS = {
         "pretrain_config": "configs/aligndet/aligndet_demo_synthetic.yaml",
         "finetune_config": "configs/transfer/faster_rcnn_R18_FPN_synthetic_aligndet.yaml",
         # State_dict prefixes that must load from MODEL.WEIGHTS in each pretrained arm.
-        "trunk_prefixes": {"soco": ("backbone.", "roi_heads.box_head."),
+        "trunk_prefixes": {"soco_backbone": (BACKBONE_PREFIX,), "soco": ("backbone.", "roi_heads.box_head."),
                            "aligndet": ("backbone.", "proposal_generator.", "roi_heads.box_head.")},
     },
     "retinanet": {
         "pretrain_config": "configs/aligndet/aligndet_retinanet_demo_synthetic.yaml",
         "finetune_config": "configs/transfer/retinanet_R18_FPN_synthetic_aligndet.yaml",
         # SoCo has no P6/P7 convs and no RetinaNet head.
-        "trunk_prefixes": {"soco": ("backbone.bottom_up.", "backbone.fpn_lateral", "backbone.fpn_output"),
+        "trunk_prefixes": {"soco_backbone": (BACKBONE_PREFIX,),
+                           "soco": (BACKBONE_PREFIX, "backbone.fpn_lateral", "backbone.fpn_output"),
                            "aligndet": ("backbone.", "head.cls_subnet.", "head.bbox_subnet.")},
     },
 }
@@ -99,6 +105,21 @@ def soco_trunk(args) -> str:
     record = run_pretraining("[soco quick]", {"method": "SoCo"}, "configs/soco/soco_demo_synthetic.yaml",
                              opts, output_dir, args.keep_checkpoints)
     return os.path.join(REPO_ROOT, record["trunk"])
+
+
+def backbone_only(trunk: str, path: str) -> str:
+    """The ResNet of a SoCo trunk (its ``backbone.bottom_up.*`` keys) as a weights file at
+    ``path`` (rewritten each time, atomically): arm (a)'s MODEL.WEIGHTS."""
+    import torch
+
+    from soco_d2.utils.atomic_io import atomic_write
+
+    checkpoint = torch.load(trunk, map_location="cpu", weights_only=True)
+    model = {k: v for k, v in checkpoint["model"].items() if k.startswith(BACKBONE_PREFIX)}
+    if not model:
+        raise SystemExit(f"{rel(trunk)} has no {BACKBONE_PREFIX}* keys: not an FPN SoCo trunk")
+    atomic_write(path, lambda f: torch.save(dict(checkpoint, model=model), f))
+    return path
 
 
 def aligndet_opts(args, trunk: str, output_dir: str) -> list:
@@ -154,8 +175,8 @@ def finetune(args, arm: str, seed: int, weights: dict) -> dict:
 
 # --------------------------------------------------------------------------------- summary
 def bar(summary: dict) -> dict:
-    """The issue's bar: the paired AlignDet - SoCo box-AP gain exceeds 2 of its std."""
-    return paired_gain_bar(summary, "synthetic", "delta_aligndet_minus_soco")
+    """The issue's bar: the paired AlignDet - SoCo backbone box-AP gain exceeds 2 of its std."""
+    return paired_gain_bar(summary, "synthetic", "delta_aligndet_minus_soco_backbone")
 
 
 # ------------------------------------------------------------------------------------ main
@@ -164,6 +185,8 @@ def parse_args(argv=None):
     p.add_argument("--soco-trunk", default=DEFAULT_SOCO_TRUNK,
                    help="the SoCo CPU trunk, MODEL.WEIGHTS of the soco arm and of AlignDet (default: %(default)s)")
     p.add_argument("--detector", choices=list(DETECTORS), default="faster_rcnn")
+    p.add_argument("--arms", nargs="+", choices=list(ARMS), default=DEFAULT_ARMS,
+                   help="arms to run; soco_backbone (the baseline) is always run (default: %(default)s)")
     p.add_argument("--seeds", nargs="+", type=int, default=None,
                    help="fine-tuning seeds, each run in every arm (default: 0 1 2; --quick: 0)")
     p.add_argument("--aligndet-iters", type=int, default=0,
@@ -180,6 +203,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.seeds is None:
         args.seeds = [0] if args.quick else [0, 1, 2]
+    args.arms = {arm: ARMS[arm] for arm in ARMS if arm in args.arms or arm == "soco_backbone"}
     resolve_output_paths(args, "aligndet")
     return args
 
@@ -190,7 +214,7 @@ def main(argv=None) -> int:
     started = time.time()
     result = new_result(
         "aligndet", argv,
-        settings={"detector": args.detector, "seeds": args.seeds, "quick": args.quick, "arms": ARMS,
+        settings={"detector": args.detector, "seeds": args.seeds, "quick": args.quick, "arms": args.arms,
                   "finetune_config": args.finetune_config or DETECTORS[args.detector]["finetune_config"],
                   "output_root": rel(args.output_root)},
         pretraining={},
@@ -198,7 +222,7 @@ def main(argv=None) -> int:
     )
 
     def save():
-        result["summary"] = harness.summarize(result["runs"], ARMS) if result["runs"] else {}
+        result["summary"] = harness.summarize(result["runs"], args.arms) if result["runs"] else {}
         result["bar"] = bar(result["summary"])
         result["wall_s_this_invocation"] = round(time.time() - started, 1)
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -208,17 +232,18 @@ def main(argv=None) -> int:
     trunk = soco_trunk(args)
     result["pretraining"]["aligndet"] = pre = pretrain_aligndet(args, trunk)
     save()
-    weights = {"soco": trunk, "aligndet": os.path.join(REPO_ROOT, pre["trunk"])}
+    weights = {"soco_backbone": backbone_only(trunk, os.path.join(args.output_root, "soco_backbone.pth")),
+               "soco": trunk, "aligndet": os.path.join(REPO_ROOT, pre["trunk"])}
     for seed in args.seeds:  # arms interleaved: partial results stay paired
-        for arm in ARMS:
+        for arm in args.arms:
             result["runs"].append(finetune(args, arm, seed, weights))
             save()
 
     save()
     print()
-    print(harness.format_table(result["summary"], ARMS))
+    print(harness.format_table(result["summary"], args.arms))
     b = result["bar"]
-    print(f"\nAlignDet - SoCo box AP (paired): {harness.fmt(b['paired_gain_mean'])} +- "
+    print(f"\nAlignDet - SoCo backbone box AP (paired): {harness.fmt(b['paired_gain_mean'])} +- "
           f"{harness.fmt(b['paired_gain_std'])}; gain > 2 std: {b['met']}")
     print(f"This invocation: {(time.time() - started) / 60:.1f} min. JSON: {rel(args.out)}")
     return 1 if any(r.get("failed") for r in result["runs"]) else 0

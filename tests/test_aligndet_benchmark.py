@@ -19,12 +19,30 @@ def _opts(opts):
 
 def test_arms_differ_only_in_weights(bench, tmp_path):
     args = bench.parse_args(["--output-root", str(tmp_path)])
-    assert args.seeds == [0, 1, 2] and list(bench.ARMS) == ["soco", "aligndet", "random"]
-    weights = {"soco": "soco.pth", "aligndet": "aligndet.pth"}
+    # The arms: (a) SoCo backbone + random FPN/RPN/heads (the baseline), (b) AlignDet, random.
+    assert args.seeds == [0, 1, 2] and list(args.arms) == ["soco_backbone", "aligndet", "random"]
+    assert list(bench.parse_args(["--arms", "random", "soco"]).arms) == ["soco_backbone", "random", "soco"]
+    weights = {"soco_backbone": "bb.pth", "soco": "soco.pth", "aligndet": "aligndet.pth"}
     opts = {arm: _opts(bench.finetune_opts(args, arm, 2, weights, str(tmp_path / "o"))) for arm in bench.ARMS}
-    assert [o.pop("MODEL.WEIGHTS") for o in opts.values()] == ["soco.pth", "aligndet.pth", ""]
-    assert opts["soco"] == opts["aligndet"] == opts["random"] and opts["soco"]["SEED"] == "2"
-    assert "SOLVER.MAX_ITER" not in opts["soco"]  # the config's own schedule
+    assert [o.pop("MODEL.WEIGHTS") for o in opts.values()] == ["bb.pth", "aligndet.pth", "", "soco.pth"]
+    assert opts["soco_backbone"] == opts["aligndet"] == opts["random"] == opts["soco"]
+    assert opts["soco"]["SEED"] == "2" and "SOLVER.MAX_ITER" not in opts["soco"]  # the config's schedule
+
+
+def test_backbone_arm_keeps_only_the_resnet(bench, tmp_path):
+    import torch
+
+    t = torch.ones(2)
+    trunk = {"backbone.bottom_up.stem.conv1.weight": t, "backbone.fpn_lateral2.weight": 2 * t,
+             "roi_heads.box_head.fc1.weight": 3 * t}
+    torch.save({"model": trunk, "__author__": "soco_d2", "matching_heuristics": False}, tmp_path / "trunk.pth")
+    path = bench.backbone_only(str(tmp_path / "trunk.pth"), str(tmp_path / "bb.pth"))
+    saved = torch.load(path, weights_only=True)
+    assert list(saved["model"]) == ["backbone.bottom_up.stem.conv1.weight"]
+    assert saved["matching_heuristics"] is False and torch.equal(saved["model"]["backbone.bottom_up.stem.conv1.weight"], t)
+    torch.save({"model": {"backbone.res2.0.weight": t}}, tmp_path / "c4.pth")
+    with pytest.raises(SystemExit, match="backbone.bottom_up"):
+        bench.backbone_only(str(tmp_path / "c4.pth"), str(tmp_path / "bb2.pth"))
 
 
 def test_quick_mode_and_schedules(bench, tmp_path):
@@ -72,7 +90,7 @@ def test_bar_is_the_paired_gain_over_two_std(bench):
         return {"dataset": "synthetic", "arm": arm, "seed": seed, "bbox_AP": ap, "segm_AP": None,
                 "metrics": {"bbox": {"AP": ap, "AP50": ap}, "segm": {}}, "no_detections": False, "wall_s": 1.0}
 
-    runs = [run("soco", s, 10.0 + s) for s in range(3)] + [run("random", s, 5.0) for s in range(3)]
+    runs = [run("soco_backbone", s, 10.0 + s) for s in range(3)] + [run("random", s, 5.0) for s in range(3)]
     runs += [run("aligndet", s, 12.0 + s + 0.1 * s) for s in range(3)]  # gains 2.0, 2.1, 2.2
     b = bench.bar(harness.summarize(runs, bench.ARMS))
     assert b["paired_gain_mean"] == pytest.approx(2.1) and b["paired_gain_std"] == pytest.approx(0.1)
