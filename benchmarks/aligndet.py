@@ -183,7 +183,8 @@ def bar(summary: dict) -> dict:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--soco-trunk", default=DEFAULT_SOCO_TRUNK,
-                   help="the SoCo CPU trunk, MODEL.WEIGHTS of the soco arm and of AlignDet (default: %(default)s)")
+                   help="the SoCo CPU trunk: its ResNet is the soco_backbone arm; MODEL.WEIGHTS of the soco arm "
+                        "and of AlignDet (default: %(default)s)")
     p.add_argument("--detector", choices=list(DETECTORS), default="faster_rcnn")
     p.add_argument("--arms", nargs="+", choices=list(ARMS), default=DEFAULT_ARMS,
                    help="arms to run; soco_backbone (the baseline) is always run (default: %(default)s)")

@@ -192,9 +192,9 @@ def export_trunk(
     Returns:
         dict with ``source``, ``output``, ``method``, ``kept`` (number of keys),
         ``kept_keys``, ``dropped`` ({part: number of keys}), ``renamed`` (number of keys whose
-        name changed), ``names`` ({old: new} for every exported key), ``aliased`` (extra names written, see ``ExportSpec.aliases``; counted in
-        ``kept`` and ``kept_keys``) and ``num_parameters`` (elements in the kept tensors, each
-        tensor once).
+        name changed), ``names`` ({old: new} for every exported key), ``aliased`` (extra names
+        written, see ``ExportSpec.aliases``; counted in ``kept`` and ``kept_keys``) and
+        ``num_parameters`` (elements in the kept tensors, each tensor once).
 
     Raises:
         FileNotFoundError: ``src`` is a path that does not exist.
