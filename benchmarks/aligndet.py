@@ -15,6 +15,9 @@ Arms, fine-tuned with the same config, schedule and seeds; they differ ONLY in M
   (``configs/aligndet/aligndet_demo_synthetic.yaml`` with MODEL.WEIGHTS = the SoCo trunk): the
   same, frozen ResNet, with FPN, RPN and box head from AlignDet;
 - ``random``: MODEL.WEIGHTS ``""`` (random everything, the third arm);
+- ``aligndet_no_box_head`` (only with ``--arms``): the AlignDet trunk without its box head
+  (``roi_heads.*`` dropped, written to ``OUTPUT_ROOT/aligndet_no_box_head.pth``): SoCo ResNet,
+  AlignDet FPN and RPN, random box head; separates what the pretrained box head costs or gives;
 - ``soco`` (only with ``--arms``): the whole SoCo trunk (ResNet, FPN and box head from SoCo;
   RPN and box predictor random).
 
@@ -49,14 +52,15 @@ if BENCH_DIR not in sys.path:
 
 import harness  # noqa: E402
 from harness import (  # noqa: E402
-    REPO_ROOT, config_max_iter, log, missing_trunk_keys, new_result, paired_gain_bar, rel,
+    REPO_ROOT, config_max_iter, keep_prefixes, log, missing_trunk_keys, new_result, paired_gain_bar, rel,
     resolve_output_paths, run_finetuning, run_pretraining, scaled_schedule, write_json,
 )
 from transfer import prepare_data  # noqa: E402  (the embedded scenes and their proposals)
 
 # Arm -> its name in tables; the first arm is the baseline the others are paired with.
 # "AlignDet" is the SoCo trunk after AlignDet pretraining.
-ARMS = {"soco_backbone": "SoCo backbone", "aligndet": "AlignDet", "random": "random", "soco": "SoCo trunk"}
+ARMS = {"soco_backbone": "SoCo backbone", "aligndet": "AlignDet", "random": "random", "soco": "SoCo trunk",
+        "aligndet_no_box_head": "AlignDet, no box head"}
 DEFAULT_ARMS = ["soco_backbone", "aligndet", "random"]
 BACKBONE_PREFIX = "backbone.bottom_up."  # the ResNet, in an FPN detector's names
 DEFAULT_SOCO_TRUNK = "output/soco_demo_synthetic/model_final_trunk.pth"
@@ -71,7 +75,8 @@ DETECTORS = {
         "finetune_config": "configs/transfer/faster_rcnn_R18_FPN_synthetic_aligndet.yaml",
         # State_dict prefixes that must load from MODEL.WEIGHTS in each pretrained arm.
         "trunk_prefixes": {"soco_backbone": (BACKBONE_PREFIX,), "soco": ("backbone.", "roi_heads.box_head."),
-                           "aligndet": ("backbone.", "proposal_generator.", "roi_heads.box_head.")},
+                           "aligndet": ("backbone.", "proposal_generator.", "roi_heads.box_head."),
+                           "aligndet_no_box_head": ("backbone.", "proposal_generator.")},
     },
     "retinanet": {
         "pretrain_config": "configs/aligndet/aligndet_retinanet_demo_synthetic.yaml",
@@ -79,7 +84,8 @@ DETECTORS = {
         # SoCo has no P6/P7 convs and no RetinaNet head.
         "trunk_prefixes": {"soco_backbone": (BACKBONE_PREFIX,),
                            "soco": (BACKBONE_PREFIX, "backbone.fpn_lateral", "backbone.fpn_output"),
-                           "aligndet": ("backbone.", "head.cls_subnet.", "head.bbox_subnet.")},
+                           "aligndet": ("backbone.", "head.cls_subnet.", "head.bbox_subnet."),
+                           "aligndet_no_box_head": ("backbone.",)},  # FPN with P6/P7, random head
     },
 }
 COMMON_FINETUNE_OPTS = ["MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "1"]
@@ -108,18 +114,8 @@ def soco_trunk(args) -> str:
 
 
 def backbone_only(trunk: str, path: str) -> str:
-    """The ResNet of a SoCo trunk (its ``backbone.bottom_up.*`` keys) as a weights file at
-    ``path`` (rewritten each time, atomically): arm (a)'s MODEL.WEIGHTS."""
-    import torch
-
-    from soco_d2.utils.atomic_io import atomic_write
-
-    checkpoint = torch.load(trunk, map_location="cpu", weights_only=True)
-    model = {k: v for k, v in checkpoint["model"].items() if k.startswith(BACKBONE_PREFIX)}
-    if not model:
-        raise SystemExit(f"{rel(trunk)} has no {BACKBONE_PREFIX}* keys: not an FPN SoCo trunk")
-    atomic_write(path, lambda f: torch.save(dict(checkpoint, model=model), f))
-    return path
+    """The ResNet of a SoCo trunk (its ``backbone.bottom_up.*`` keys): arm (a)'s MODEL.WEIGHTS."""
+    return keep_prefixes(trunk, path, (BACKBONE_PREFIX,))
 
 
 def aligndet_opts(args, trunk: str, output_dir: str) -> list:
@@ -235,6 +231,10 @@ def main(argv=None) -> int:
     save()
     weights = {"soco_backbone": backbone_only(trunk, os.path.join(args.output_root, "soco_backbone.pth")),
                "soco": trunk, "aligndet": os.path.join(REPO_ROOT, pre["trunk"])}
+    if "aligndet_no_box_head" in args.arms:
+        weights["aligndet_no_box_head"] = keep_prefixes(
+            weights["aligndet"], os.path.join(args.output_root, "aligndet_no_box_head.pth"),
+            DETECTORS[args.detector]["trunk_prefixes"]["aligndet_no_box_head"])
     for seed in args.seeds:  # arms interleaved: partial results stay paired
         for arm in args.arms:
             result["runs"].append(finetune(args, arm, seed, weights))

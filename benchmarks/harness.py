@@ -194,6 +194,24 @@ def missing_trunk_keys(output_dir: str, trunk_prefixes):
 
 
 # -------------------------------------------------------------------------------------- runs
+def keep_prefixes(trunk: str, path: str, prefixes: tuple) -> str:
+    """The tensors of ``trunk`` whose names start with one of ``prefixes``, as a weights file at
+    ``path`` (rewritten each time, atomically): the MODEL.WEIGHTS of an arm that takes only some
+    parts of a pretrained trunk. A training checkpoint's optimizer, scheduler and iteration are
+    left out: the file is an initialisation, not a run to resume."""
+    import torch
+
+    from soco_d2.utils.atomic_io import atomic_write
+
+    checkpoint = torch.load(trunk, map_location="cpu", weights_only=True)
+    model = {k: v for k, v in checkpoint["model"].items() if k.startswith(prefixes)}
+    if not model:
+        raise SystemExit(f"{rel(trunk)} has no {'* or '.join(prefixes)}* keys: not an FPN trunk")
+    kept = {k: v for k, v in checkpoint.items() if k not in ("optimizer", "scheduler", "iteration")}
+    atomic_write(path, lambda f: torch.save(dict(kept, model=model), f))
+    return path
+
+
 def drop_intermediate_checkpoints(output_dir: str, keep_checkpoints: bool) -> None:
     """Keep model_final.pth (full pretraining state) and the trunk; delete model_0*.pth."""
     if not keep_checkpoints:

@@ -22,10 +22,11 @@ def test_arms_differ_only_in_weights(bench, tmp_path):
     # The arms: (a) SoCo backbone + random FPN/RPN/heads (the baseline), (b) AlignDet, random.
     assert args.seeds == [0, 1, 2] and list(args.arms) == ["soco_backbone", "aligndet", "random"]
     assert list(bench.parse_args(["--arms", "random", "soco"]).arms) == ["soco_backbone", "random", "soco"]
-    weights = {"soco_backbone": "bb.pth", "soco": "soco.pth", "aligndet": "aligndet.pth"}
+    weights = {"soco_backbone": "bb.pth", "soco": "soco.pth", "aligndet": "aligndet.pth",
+               "aligndet_no_box_head": "nb.pth"}
     opts = {arm: _opts(bench.finetune_opts(args, arm, 2, weights, str(tmp_path / "o"))) for arm in bench.ARMS}
-    assert [o.pop("MODEL.WEIGHTS") for o in opts.values()] == ["bb.pth", "aligndet.pth", "", "soco.pth"]
-    assert opts["soco_backbone"] == opts["aligndet"] == opts["random"] == opts["soco"]
+    assert [o.pop("MODEL.WEIGHTS") for o in opts.values()] == ["bb.pth", "aligndet.pth", "", "soco.pth", "nb.pth"]
+    assert opts["soco_backbone"] == opts["aligndet"] == opts["random"] == opts["soco"] == opts["aligndet_no_box_head"]
     assert opts["soco"]["SEED"] == "2" and "SOLVER.MAX_ITER" not in opts["soco"]  # the config's schedule
 
 
@@ -43,6 +44,20 @@ def test_backbone_arm_keeps_only_the_resnet(bench, tmp_path):
     torch.save({"model": {"backbone.res2.0.weight": t}}, tmp_path / "c4.pth")
     with pytest.raises(SystemExit, match="backbone.bottom_up"):
         bench.backbone_only(str(tmp_path / "c4.pth"), str(tmp_path / "bb2.pth"))
+
+
+def test_no_box_head_arm_drops_only_the_box_head(bench, tmp_path):
+    import torch
+
+    t = torch.ones(2)
+    trunk = {"backbone.bottom_up.stem.conv1.weight": t, "backbone.fpn_lateral2.weight": t,
+             "proposal_generator.rpn_head.conv.weight": t, "roi_heads.box_head.fc1.weight": t}
+    torch.save({"model": trunk}, tmp_path / "aligndet.pth")
+    prefixes = bench.DETECTORS["faster_rcnn"]["trunk_prefixes"]["aligndet_no_box_head"]
+    saved = torch.load(bench.keep_prefixes(str(tmp_path / "aligndet.pth"), str(tmp_path / "nb.pth"), prefixes))
+    assert sorted(saved["model"]) == sorted(k for k in trunk if not k.startswith("roi_heads."))
+    # RetinaNet: no box head at all; the arm keeps the FPN (P6/P7 included) and drops the dense head
+    assert bench.DETECTORS["retinanet"]["trunk_prefixes"]["aligndet_no_box_head"] == ("backbone.",)
 
 
 def test_quick_mode_and_schedules(bench, tmp_path):
