@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Montage evidence on CPU (issue 11, item 5): a Montage-pretrained backbone vs random init vs the
-SoCo trunk, fine-tuned with the same config, schedule and seeds on the embedded data.
+SoCo backbone, fine-tuned with the same config, schedule and seeds on the embedded data.
 
     python benchmarks/montage.py --soco-trunk output/soco_demo_synthetic/model_final_trunk.pth
     python benchmarks/montage.py --quick            # smoke test of the pipeline, minutes
@@ -14,9 +14,11 @@ Arms (they differ ONLY in MODEL.WEIGHTS of the fine-tuning run):
   scenes as fine-tuning and no other label); ``--montage-iters`` iterations (default 300 at batch
   16, 48 epochs of the 100 scenes). Only the backbone is pretrained: FPN, RPN and box head start
   random;
-- ``soco``: the SoCo trunk of the CPU recipe (``--soco-trunk``; backbone, FPN and box head,
-  pretrained without labels on the 2000 train scenes); in ``--quick`` mode a 3-iteration trunk
-  is made on the spot when the file does not exist (as ``benchmarks/aligndet.py`` does);
+- ``soco``: the ResNet-18 of the SoCo trunk of the CPU recipe (``--soco-trunk``, pretrained
+  without labels on the 2000 train scenes; its ``backbone.bottom_up.*`` keys, written to
+  ``OUTPUT_ROOT/soco_backbone.pth``): backbone against backbone, FPN, RPN and box head random in
+  both (the whole SoCo trunk is the ``soco`` arm of ``benchmarks/aligndet.py``); in ``--quick``
+  mode a 3-iteration trunk is made on the spot when the file does not exist;
 - ``montage_free`` (only with ``--arms``): the label-free variant
   (``configs/montage/montage_free_demo_synthetic.yaml``), initialised from the SoCo trunk, same
   iterations as ``montage``.
@@ -33,7 +35,7 @@ pretraining and 4 fine-tuning iterations, seed 0, evaluated on the first 20 val 
 ``soco_synthetic_det_val_20``); its numbers mean nothing. Every step is ``train_net.py`` run as
 a subprocess (``benchmarks/harness.py``): a finished run is reused, an interrupted one resumed,
 a folder made with other settings refused. Each fine-tuning record lists the pretrained keys its detector did
-not load (must be empty: ``backbone.bottom_up.*`` for Montage, backbone and box head for SoCo).
+not load (must be empty: ``backbone.bottom_up.*`` in every pretrained arm).
 """
 import argparse
 import os
@@ -45,7 +47,7 @@ if BENCH_DIR not in sys.path:
     sys.path.insert(0, BENCH_DIR)
 
 import harness  # noqa: E402
-from aligndet import DEFAULT_SOCO_TRUNK, soco_trunk  # noqa: E402  (the SoCo arm's trunk)
+from aligndet import DEFAULT_SOCO_TRUNK, backbone_only, soco_trunk  # noqa: E402  (the SoCo arm)
 from harness import (  # noqa: E402
     REPO_ROOT, config_max_iter, fmt, new_result, rel, resolve_output_paths, run_finetuning,
     run_pretraining, scaled_schedule, write_json,
@@ -53,7 +55,7 @@ from harness import (  # noqa: E402
 from transfer import prepare_data  # noqa: E402  (the embedded scenes and their proposals)
 
 # Arm -> its name in tables; "random" is the baseline every other arm is paired with.
-ARMS = {"random": "random", "montage": "Montage", "soco": "SoCo", "montage_free": "Montage label-free"}
+ARMS = {"random": "random", "montage": "Montage", "soco": "SoCo backbone", "montage_free": "Montage label-free"}
 DEFAULT_ARMS = ["random", "montage", "soco"]
 PRETRAIN = {
     "montage": {
@@ -65,7 +67,7 @@ PRETRAIN = {
 FINETUNE_CONFIG = "configs/transfer/faster_rcnn_R18_FPN_synthetic.yaml"
 # State_dict prefixes of the detector that each pretrained arm must fill.
 TRUNK_PREFIXES = {"montage": ("backbone.bottom_up.",), "montage_free": ("backbone.bottom_up.",),
-                  "soco": ("backbone.", "roi_heads.box_head.")}
+                  "soco": ("backbone.bottom_up.",)}
 COMMON_FINETUNE_OPTS = ["MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "1"]
 QUICK = {"montage_iters": 3, "finetune_iters": 4, "precise_bn_iters": 2,
          "test_set": '("soco_synthetic_det_val_20",)'}
@@ -149,7 +151,7 @@ def parse_args(argv=None):
     p.add_argument("--arms", nargs="+", choices=list(ARMS), default=DEFAULT_ARMS,
                    help="arms to run, random first (default: %(default)s)")
     p.add_argument("--soco-trunk", default=DEFAULT_SOCO_TRUNK,
-                   help="the SoCo CPU trunk: the soco arm's weights and montage_free's init (default: %(default)s)")
+                   help="the SoCo CPU trunk: its ResNet is the soco arm; montage_free's init (default: %(default)s)")
     p.add_argument("--seeds", nargs="+", type=int, default=None,
                    help="fine-tuning seeds, each run in every arm (default: 0 1 2; --quick: 0)")
     p.add_argument("--montage-iters", type=int, default=300,
@@ -196,8 +198,8 @@ def main(argv=None) -> int:
     weights = {}
     trunk = soco_trunk(args) if {"soco", "montage_free"} & set(args.arms) else ""
     if "soco" in args.arms:
-        weights["soco"] = trunk
-        result["pretraining"]["soco"] = {"trunk": rel(trunk)}
+        weights["soco"] = backbone_only(trunk, os.path.join(args.output_root, "soco_backbone.pth"))
+        result["pretraining"]["soco"] = {"trunk": rel(trunk), "weights": rel(weights["soco"])}
     for arm in ("montage", "montage_free"):
         if arm in args.arms:
             result["pretraining"][arm] = pre = pretrain(args, arm, trunk)

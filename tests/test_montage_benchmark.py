@@ -79,6 +79,8 @@ def test_summary_pairs_every_arm_with_random_and_montage_with_soco(bench):
     assert summary["delta_montage_minus_soco"]["bbox_AP"]["values"] == [1.0, 5.0]
     table = bench.format_table({"synthetic": summary}, ["random", "montage", "soco"])
     rows = {line[:34].strip(): line[34:] for line in table.splitlines()}
-    assert rows["Montage - SoCo (paired)"].split() == ["2", "+3.00", "±", "2.83"]  # std sqrt(8)
-    assert rows["SoCo - random (paired)"].split() == ["2", "-0.50", "±", "2.12"]
+    assert rows["Montage - SoCo backbone (paired)"].split() == ["2", "+3.00", "±", "2.83"]  # std sqrt(8)
+    assert rows["SoCo backbone - random (paired)"].split() == ["2", "-0.50", "±", "2.12"]
     assert rows["Montage init"].split()[:4] == ["2", "4.00", "±", "1.41"]
+    # backbone against backbone: the SoCo arm must load (and only takes) the ResNet
+    assert bench.TRUNK_PREFIXES["soco"] == bench.TRUNK_PREFIXES["montage"] == ("backbone.bottom_up.",)
