@@ -4,6 +4,7 @@
     python benchmarks/transfer.py                                   # synthetic, the issue's bar
     python benchmarks/transfer.py --datasets synthetic coco_sample  # + the coco_sample table
     python benchmarks/transfer.py --quick --seeds 0                 # smoke test, minutes
+    python benchmarks/transfer.py --arms random soco supervised     # + the supervised reference
 
 For every dataset, the two arms differ ONLY in MODEL.WEIGHTS: ``""`` (random init) or the trunk
 (backbone + FPN + 4conv1fc box head) that SoCo pretraining exported as ``model_final_trunk.pth``.
@@ -22,6 +23,12 @@ everything from SEED before the model is built). Pretraining uses NO labels:
   the 80 train images (``coco_sample_soco``), fine-tuning
   ``configs/transfer/faster_rcnn_R18_FPN_coco_sample.yaml``, evaluated on the 20 val images.
   Reported, no bar: 80 images and minutes of CPU are far from the regime the paper measures.
+
+``supervised`` (synthetic only, with ``--arms``): a reference, not a method. The same Faster
+R-CNN trained WITH labels on all 2000 train scenes (``soco_synthetic_det_train``, 300 iterations,
+seed 0), its backbone, FPN and box head (the parts the SoCo arm takes) then fine-tuned like the
+other arms. It answers the question the SoCo arm cannot answer alone: can a pretrained trunk beat
+random init at this fine-tuning budget at all, and by how much, when it has learnt the shapes?
 
 One pretraining per dataset (seed 0) is shared by all fine-tuning seeds (default 0, 1, 2). Each
 config's own schedule is used unless ``--pretrain-iters`` / ``--finetune-iters`` scale it.
@@ -44,6 +51,7 @@ detection at all, which Detectron2 reports as NaN AP, counts as 0 AP in the summ
 flagged in the JSON and the table).
 """
 import argparse
+import glob
 import os
 import sys
 import time
@@ -54,7 +62,7 @@ if BENCH_DIR not in sys.path:
 
 import harness  # noqa: E402
 from harness import (  # noqa: E402  (final_evaluation, check_same: part of this study's API)
-    REPO_ROOT, check_same, config_max_iter, final_evaluation, log, new_result, paired_gain_bar, rel,
+    REPO_ROOT, check_same, config_max_iter, final_evaluation, keep_prefixes, log, new_result, paired_gain_bar, rel,
     resolve_output_paths, run_finetuning, run_logged, run_pretraining, scaled_schedule, write_json,
 )
 
@@ -62,7 +70,10 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
 # Arm -> its name in tables; the first arm is the baseline the others are paired with.
-ARMS = {"random": "random", "soco": "SoCo"}
+ARMS = {"random": "random", "soco": "SoCo", "supervised": "supervised reference"}
+DEFAULT_ARMS = ["random", "soco"]
+WEIGHTS_DESCRIPTION = {"random": 'MODEL.WEIGHTS ""', "soco": "MODEL.WEIGHTS <pretraining>/model_final_trunk.pth",
+                       "supervised": "MODEL.WEIGHTS <dataset>/supervised_trunk.pth (trained with labels)"}
 # State_dict prefixes of the SoCo trunk in these FPN detectors: all must load in the SoCo arm.
 TRUNK_PREFIXES = ("backbone.", "roi_heads.box_head.")
 
@@ -74,6 +85,8 @@ DATASETS = {
         "finetune_config": "configs/transfer/faster_rcnn_R18_FPN_synthetic.yaml",
         "quick_opts": ["DATASETS.TEST", '("soco_synthetic_det_val_20",)'],
         "min_gain": 3.0,
+        # The supervised reference arm: labelled train set and iterations at batch 8.
+        "supervised": {"train": '("soco_synthetic_det_train",)', "iters": 300},
     },
     "coco_sample": {
         "pretrain_config": "configs/soco/soco_demo_synthetic.yaml",
@@ -82,6 +95,7 @@ DATASETS = {
         "finetune_config": "configs/transfer/faster_rcnn_R18_FPN_coco_sample.yaml",
         "quick_opts": [],
         "min_gain": None,
+        "supervised": None,  # no labelled set beyond the 80 train images
     },
 }
 
@@ -162,6 +176,36 @@ def pretrain(name: str, args) -> dict:
                            args.keep_checkpoints)
 
 
+def supervised_trunk(name: str, args) -> tuple:
+    """The supervised reference: the fine-tuning detector trained with labels on the whole train
+    set of ``name``; returns (its run record, its trunk: the keys of TRUNK_PREFIXES)."""
+    spec = DATASETS[name]["supervised"]
+    output_dir = os.path.join(args.output_root, name, "supervised_pretrain")
+    trunk = os.path.join(args.output_root, name, "supervised_trunk.pth")
+    iters = QUICK["pretrain_iters"] if args.quick else spec["iters"]
+    opts = (["MODEL.WEIGHTS", "", "DATASETS.TRAIN", spec["train"]] + COMMON_FINETUNE_OPTS
+            + scaled_schedule(iters, 0.1, (0.75,)))
+    if args.quick:
+        opts += DATASETS[name]["quick_opts"] + ["TEST.PRECISE_BN.NUM_ITER", str(QUICK["precise_bn_iters"])]
+    opts += ["SEED", "0", "OUTPUT_DIR", rel(output_dir)]
+    final = os.path.join(output_dir, "model_final.pth")
+    # Checkpoints are kept until the trunk is cut out of model_final.pth, then deleted.
+    record = run_finetuning(f"[{name} supervised reference]", {"dataset": name, "arm": "supervised_pretrain"},
+                            DATASETS[name]["finetune_config"], opts, output_dir, iters,
+                            keep_checkpoints=True, pretrained=False, trunk_prefixes=())
+    if record.get("failed"):
+        raise SystemExit(f"the supervised reference failed; see {record['output_dir']}/stdout.log")
+    if os.path.isfile(final):
+        keep_prefixes(final, trunk, TRUNK_PREFIXES)
+        if not args.keep_checkpoints:
+            for path in glob.glob(os.path.join(output_dir, "model_*.pth")):
+                os.unlink(path)
+    elif not os.path.isfile(trunk):
+        raise SystemExit(f"{rel(output_dir)} has a result but neither model_final.pth nor {rel(trunk)}: "
+                         "delete the folder to train the reference again")
+    return record, trunk
+
+
 # ------------------------------------------------------------------------------- fine-tuning
 def finetune_schedule(name: str, args):
     """(iterations, overrides): the config's own schedule, or its shape (warmup 10%, step at
@@ -172,18 +216,19 @@ def finetune_schedule(name: str, args):
     return iters, scaled_schedule(iters, 0.1, (0.75,))
 
 
-def finetune_opts(name: str, arm: str, seed: int, trunk: str, args, output_dir: str):
+def finetune_opts(name: str, arm: str, seed: int, weights: dict, args, output_dir: str):
+    """``weights``: arm -> its MODEL.WEIGHTS (random init has none)."""
     iters, schedule = finetune_schedule(name, args)
-    opts = ["MODEL.WEIGHTS", rel(trunk) if arm == "soco" else ""] + COMMON_FINETUNE_OPTS + schedule
+    opts = ["MODEL.WEIGHTS", rel(weights[arm]) if weights.get(arm) else ""] + COMMON_FINETUNE_OPTS + schedule
     if args.quick:
         opts += DATASETS[name]["quick_opts"] + ["TEST.PRECISE_BN.NUM_ITER", str(QUICK["precise_bn_iters"])]
     opts += ["SEED", str(seed), "OUTPUT_DIR", rel(output_dir)]
     return iters, opts
 
 
-def finetune(name: str, arm: str, seed: int, trunk: str, args) -> dict:
+def finetune(name: str, arm: str, seed: int, weights: dict, args) -> dict:
     output_dir = os.path.join(args.output_root, name, f"{arm}_seed{seed}")
-    max_iter, opts = finetune_opts(name, arm, seed, trunk, args, output_dir)
+    max_iter, opts = finetune_opts(name, arm, seed, weights, args, output_dir)
     return run_finetuning(
         f"[{name} {arm} seed {seed}]", {"dataset": name, "arm": arm, "seed": seed},
         DATASETS[name]["finetune_config"], opts, output_dir, max_iter, args.keep_checkpoints,
@@ -192,13 +237,13 @@ def finetune(name: str, arm: str, seed: int, trunk: str, args) -> dict:
 
 
 # --------------------------------------------------------------------------------- summary
-def summarize(runs):
-    """Per dataset and arm: n, mean/std of box and mask AP, AP50; paired deltas per dataset."""
-    return harness.summarize(runs, ARMS)
+def summarize(runs, arms=DEFAULT_ARMS):
+    """Per dataset and arm: n, mean/std of box and mask AP, AP50; paired deltas against random."""
+    return harness.summarize(runs, {a: ARMS[a] for a in arms})
 
 
-def format_table(summary) -> str:
-    return harness.format_table(summary, ARMS)
+def format_table(summary, arms=DEFAULT_ARMS) -> str:
+    return harness.format_table(summary, {a: ARMS[a] for a in arms})
 
 
 def bars(summary: dict) -> dict:
@@ -223,7 +268,10 @@ def parse_args(argv=None):
     p.add_argument("--datasets", nargs="+", default=["synthetic"], choices=list(DATASETS),
                    help="datasets to run (default: %(default)s)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
-                   help="fine-tuning seeds, each run in both arms (default: %(default)s)")
+                   help="fine-tuning seeds, each run in every arm (default: %(default)s)")
+    p.add_argument("--arms", nargs="+", choices=list(ARMS), default=DEFAULT_ARMS,
+                   help="arms, random first (the baseline of the paired differences); supervised is the "
+                        "labelled reference, synthetic only (default: %(default)s)")
     p.add_argument("--output-root", default=None,
                    help="folder of all runs (default: output/transfer_bench, "
                         "output/transfer_bench_quick with --quick)")
@@ -239,6 +287,10 @@ def parse_args(argv=None):
                    help="keep all checkpoints (by default a fine-tuning run's are deleted once its "
                         "result is recorded, and a pretraining keeps only model_final.pth and the trunk)")
     args = p.parse_args(argv)
+    if args.arms[0] != "random":
+        p.error("--arms: the first arm must be random (the baseline of the paired differences)")
+    if "supervised" in args.arms and any(DATASETS[d]["supervised"] is None for d in args.datasets):
+        p.error("--arms supervised: the supervised reference exists for the synthetic scenes only")
     resolve_output_paths(args, "transfer")
     return args
 
@@ -252,7 +304,7 @@ def main(argv=None) -> int:
         settings={
             "datasets": args.datasets,
             "seeds": args.seeds,
-            "arms": {"random": 'MODEL.WEIGHTS ""', "soco": "MODEL.WEIGHTS <pretraining>/model_final_trunk.pth"},
+            "arms": {arm: WEIGHTS_DESCRIPTION[arm] for arm in args.arms},
             "quick": args.quick,
             "output_root": rel(args.output_root),
             "common_finetune_overrides": COMMON_FINETUNE_OPTS,
@@ -274,7 +326,7 @@ def main(argv=None) -> int:
     )
 
     def save():
-        result["summary"] = summarize(result["runs"]) if result["runs"] else {}
+        result["summary"] = summarize(result["runs"], args.arms) if result["runs"] else {}
         result["bars"] = bars(result["summary"])
         result["probes"] = probe_summary(result["pretraining"])
         result["wall_s_this_invocation"] = round(time.time() - started, 1)
@@ -286,10 +338,13 @@ def main(argv=None) -> int:
         pre = pretrain(name, args)
         result["pretraining"][name] = pre
         save()
-        trunk = os.path.join(REPO_ROOT, pre["trunk"])
+        weights = {"soco": os.path.join(REPO_ROOT, pre["trunk"])}
+        if "supervised" in args.arms:
+            result["supervised_reference"], weights["supervised"] = supervised_trunk(name, args)
+            save()
         for seed in args.seeds:  # arms interleaved: partial results stay paired
-            for arm in ARMS:
-                result["runs"].append(finetune(name, arm, seed, trunk, args))
+            for arm in args.arms:
+                result["runs"].append(finetune(name, arm, seed, weights, args))
                 save()
 
     save()
@@ -298,7 +353,7 @@ def main(argv=None) -> int:
     result["wall_s_total_recorded"] = round(pre_wall + run_wall, 1)
     write_json(args.out, result)
     print()
-    print(format_table(result["summary"]))
+    print(format_table(result["summary"], args.arms))
     for name, b in result["bars"].items():
         print(f"{name}: SoCo - random box AP (paired) {harness.fmt(b['paired_gain_mean'])} +- "
               f"{harness.fmt(b['paired_gain_std'])}; >= {b['min_gain']} and > 2 std: {b['met']}")

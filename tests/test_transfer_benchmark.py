@@ -1,6 +1,7 @@
 """benchmarks/transfer.py without training: commands, schedule, result parsing, summary."""
 import json
 import math
+import os
 
 import pytest
 
@@ -20,11 +21,51 @@ def _opts_dict(opts):
 def test_arms_differ_only_in_weights(bench, tmp_path):
     args = bench.parse_args(["--output-root", str(tmp_path)])
     for name in bench.DATASETS:
-        _, random_opts = bench.finetune_opts(name, "random", 1, "t.pth", args, str(tmp_path / "r"))
-        _, soco_opts = bench.finetune_opts(name, "soco", 1, "t.pth", args, str(tmp_path / "r"))
+        _, random_opts = bench.finetune_opts(name, "random", 1, {"soco": "t.pth"}, args, str(tmp_path / "r"))
+        _, soco_opts = bench.finetune_opts(name, "soco", 1, {"soco": "t.pth"}, args, str(tmp_path / "r"))
         r, s = _opts_dict(random_opts), _opts_dict(soco_opts)
         assert r.pop("MODEL.WEIGHTS") == "" and s.pop("MODEL.WEIGHTS").endswith("t.pth")
         assert r == s and r["SEED"] == "1"
+
+
+def test_supervised_reference_arm(bench, tmp_path):
+    args = bench.parse_args(["--arms", "random", "soco", "supervised", "--output-root", str(tmp_path)])
+    assert args.arms == ["random", "soco", "supervised"] and bench.parse_args([]).arms == ["random", "soco"]
+    weights = {"soco": "soco.pth", "supervised": "sup.pth"}
+    opts = {arm: _opts_dict(bench.finetune_opts("synthetic", arm, 2, weights, args, str(tmp_path / "r"))[1])
+            for arm in args.arms}
+    assert [o.pop("MODEL.WEIGHTS") for o in opts.values()] == ["", "soco.pth", "sup.pth"]
+    assert opts["random"] == opts["soco"] == opts["supervised"]  # only the weights differ
+    for bad in (["--arms", "soco", "random"], ["--arms", "random", "supervised", "--datasets", "coco_sample"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(bad)
+
+
+def test_supervised_reference_trains_with_labels_and_keeps_the_trunk(bench, tmp_path, monkeypatch):
+    import torch
+
+    args = bench.parse_args(["--arms", "random", "supervised", "--output-root", str(tmp_path)])
+    seen = {}
+
+    def fake_run(tag, labels, config_file, opts, output_dir, max_iter, keep_checkpoints, pretrained, trunk_prefixes):
+        seen.update(_opts_dict(opts), max_iter=max_iter, keep=keep_checkpoints, config=config_file)
+        os.makedirs(output_dir, exist_ok=True)
+        t = torch.ones(1)
+        torch.save({"model": {"backbone.bottom_up.stem.conv1.weight": t, "roi_heads.box_head.fc1.weight": t,
+                              "roi_heads.box_predictor.cls_score.weight": t, "proposal_generator.x": t},
+                    "optimizer": {}, "iteration": 299}, os.path.join(output_dir, "model_final.pth"))
+        return dict(labels, output_dir=output_dir, bbox_AP=50.0)
+
+    monkeypatch.setattr(bench, "run_finetuning", fake_run)
+    record, trunk = bench.supervised_trunk("synthetic", args)
+    assert seen["DATASETS.TRAIN"] == '("soco_synthetic_det_train",)' and seen["MODEL.WEIGHTS"] == ""
+    assert seen["max_iter"] == 300 and seen["SOLVER.MAX_ITER"] == "300" and seen["keep"] is True
+    assert seen["config"] == bench.DATASETS["synthetic"]["finetune_config"]
+    saved = torch.load(trunk, weights_only=True)
+    # the parts the SoCo arm takes, nothing else; no optimizer state to resume from
+    assert sorted(saved["model"]) == ["backbone.bottom_up.stem.conv1.weight", "roi_heads.box_head.fc1.weight"]
+    assert "optimizer" not in saved and "iteration" not in saved
+    assert not os.path.exists(os.path.join(os.path.dirname(trunk), "supervised_pretrain", "model_final.pth"))
 
 
 @pytest.mark.parametrize("iters", [2, 4, 60, 100, 300])
@@ -46,7 +87,7 @@ def test_default_schedules_are_the_configs_own(bench, tmp_path):
     assert n == 200 and opts == []  # configs/transfer/faster_rcnn_R18_FPN_synthetic.yaml
     o = _opts_dict(bench.pretrain_opts("synthetic", args, str(tmp_path)))
     assert "SOLVER.MAX_ITER" not in o and o["DATASETS.TRAIN"] == '("soco_synthetic_train",)'
-    _, ft = bench.finetune_opts("synthetic", "soco", 0, "t.pth", args, str(tmp_path / "r"))
+    _, ft = bench.finetune_opts("synthetic", "soco", 0, {"soco": "t.pth"}, args, str(tmp_path / "r"))
     assert "SOLVER.AMP.PRECISION" not in ft  # precision is the config's (fp32 unless bf16 is native)
 
 
@@ -57,7 +98,7 @@ def test_pretrain_iters_override_the_recipe(bench, tmp_path):
 
 
 def test_quick_mode_evaluates_twenty_val_scenes(bench, tmp_path):
-    _, opts = bench.finetune_opts("synthetic", "random", 0, "t.pth", bench.parse_args(["--quick"]), str(tmp_path))
+    _, opts = bench.finetune_opts("synthetic", "random", 0, {}, bench.parse_args(["--quick"]), str(tmp_path))
     o = _opts_dict(opts)
     assert o["DATASETS.TEST"] == '("soco_synthetic_det_val_20",)' and o["SOLVER.MAX_ITER"] == "4"
 
