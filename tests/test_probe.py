@@ -13,6 +13,8 @@ from soco_d2 import add_config
 from soco_d2.config import load_config
 from soco_d2.evaluation.probe import (
     ProbeImage,
+    dead_fraction,
+    effective_rank,
     extract_box_features,
     knn_accuracy,
     linear_probe_accuracy,
@@ -49,6 +51,29 @@ def test_knn_and_linear_separate_clusters_and_fall_to_chance_on_noise():
     noise = torch.randn(feats.shape, generator=torch.Generator().manual_seed(1))
     assert knn_accuracy(noise, labels, owner) < 0.6
     assert linear_probe_accuracy(noise, labels, owner) < 0.6
+
+
+def test_effective_rank_counts_the_directions_boxes_spread_along():
+    g = torch.Generator().manual_seed(0)
+    # k orthogonal directions with equal spread: erank close to k, whatever C is
+    for k in (1, 3, 10):
+        basis = torch.linalg.qr(torch.randn(64, k, generator=g))[0]  # (64, k) orthonormal columns
+        codes = torch.randn(4000, k, generator=g)
+        assert effective_rank(codes @ basis.t()) == pytest.approx(k, rel=0.05)
+    # a common offset (the mean) does not count, and collapse to one point is 0
+    line = torch.randn(500, 1, generator=g) * torch.ones(1, 32) + 100.0
+    assert effective_rank(line) == pytest.approx(1.0, abs=1e-6)
+    assert effective_rank(torch.ones(50, 32)) == 0.0
+    # one strong direction among weak ones: well below the number of dimensions
+    skewed = torch.randn(2000, 16, generator=g) * torch.tensor([10.0] + [0.1] * 15)
+    assert 1.0 < effective_rank(skewed) < 4.0
+
+
+def test_dead_fraction_counts_units_zero_for_every_box():
+    x = torch.relu(torch.randn(100, 8, generator=torch.Generator().manual_seed(0)))
+    x[:, :3] = 0.0
+    x[5, 3] = 0.0  # zero for one box only: alive
+    assert dead_fraction(x) == pytest.approx(3 / 8)
 
 
 def test_knn_never_uses_boxes_of_the_same_image():
@@ -108,8 +133,9 @@ def test_probe_trunk_leaves_the_model_untouched(tiny_images):
     assert result["num_images"] == len(images) and result["num_boxes"] >= len(images)
     feats, labels, owner = extract_box_features(trunk_from_detector(model), images)
     assert feats["head"].shape == (result["num_boxes"], 64) and feats["pooled"].shape[1] == 32
-    for key in ("knn_head", "linear_head", "knn_pooled", "linear_pooled"):
+    for key in ("knn_head", "linear_head", "knn_pooled", "linear_pooled", "dead_head"):
         assert 0.0 <= result[key] <= 1.0
+    assert 1.0 <= result["erank_head"] <= min(result["num_boxes"], 64)
 
 
 def test_probe_tool_compares_trunks(tiny_images, tmp_path, capsys):

@@ -39,7 +39,7 @@ from soco_d2.config import load_config  # noqa: E402
 from soco_d2.evaluation.probe import load_probe_images, probe_trunk, trunk_from_detector  # noqa: E402
 from soco_d2.utils.atomic_io import atomic_write_json  # noqa: E402
 
-COLUMNS = ("knn_head", "linear_head", "knn_pooled", "linear_pooled")
+COLUMNS = ("knn_head", "linear_head", "erank_head", "dead_head", "knn_pooled", "linear_pooled", "erank_pooled")
 RANDOM = "random"
 
 

@@ -10,8 +10,9 @@ line, at the period of Detectron2's writers (20 iterations):
   part of the network and per optimizer parameter group, by :class:`UpdateRatioHook`. It is
   what the optimizer (e.g. LARS with its trust ratio) actually applies: a trunk whose ratio
   stays near 1e-5 is not being trained, whatever its loss does;
-- ``probe/*``: kNN and linear probe accuracy of the trunk's features of ground-truth boxes of a
-  labelled dataset (:mod:`soco_d2.evaluation.probe`), before training, every
+- ``probe/*``: kNN and linear probe accuracy, effective rank and dead box-head units of the
+  trunk's features of ground-truth boxes of a labelled dataset
+  (:mod:`soco_d2.evaluation.probe`), before training, every
   ``TEST.PROBE.PERIOD`` iterations and at the end, by :class:`ProbeHook`.
 
 The model side of the contract (both optional): ``model.monitors()`` returns the values of its
@@ -137,7 +138,8 @@ class ProbeHook(HookBase):
     """The probe (:mod:`soco_d2.evaluation.probe`) of the model's trunk, like Detectron2's
     EvalHook: before the first step (the initialisation), every ``period`` iterations
     (0: only before and after) and after the last one, on the main process while the others
-    wait. Results go to the event storage as ``probe/<accuracy>_<features>`` and to the log.
+    wait. Results go to the event storage as ``probe/<measure>_<features>`` (accuracies, effective
+    rank, dead units) and to the log.
 
     Args:
         dataset_name: a registered labelled detection set (COCO format).
@@ -168,7 +170,8 @@ class ProbeHook(HookBase):
             model = getattr(self.trainer.model, "module", self.trainer.model)
             start = time.perf_counter()
             result = probe_trunk(model.probe_trunk(), self._images)
-            scalars = {f"probe/{k}": v for k, v in result.items() if k.startswith(("knn_", "linear_"))}
+            scalars = {f"probe/{k}": v for k, v in result.items()
+                       if k.startswith(("knn_", "linear_", "erank_", "dead_"))}
             self.trainer.storage.put_scalars(**scalars, smoothing_hint=False)
             # Every probe also goes to OUTPUT_DIR/probe.json: metrics.json keeps only the
             # latest value of a key between two writes of the event writers.

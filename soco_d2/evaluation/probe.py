@@ -20,6 +20,15 @@ Two accuracies per vector, both free of any training of the trunk:
   fold) trained on the boxes of the even-indexed images and tested on the odd ones and the
   reverse (2 folds by image); the mean of the two test accuracies.
 
+Two measures of dimensional collapse, which accuracy alone hides (a trunk can keep a few
+category-bearing directions and lose all others, and then fine-tunes worse than random init):
+
+- ``erank``: the effective rank of the centred features (exp of the entropy of the normalised
+  singular values, Roy & Vetterli 2007): about the number of directions the boxes actually
+  spread along, at most min(M, C);
+- ``dead_head``: the share of box-head output units (after its ReLU) that are 0 for every box:
+  dead ReLUs get no gradient in fine-tuning either, so that capacity is lost for good.
+
 BatchNorm: a trunk fresh from random initialisation has running statistics (0, 1) that have
 nothing to do with its activations, while fine-tuning uses batch statistics from the first
 step. Before extracting, the BN statistics of a *copy* of the trunk are therefore re-estimated
@@ -287,6 +296,23 @@ def linear_probe_accuracy(features: torch.Tensor, labels: torch.Tensor, image_in
     return float(np.mean(accuracies)) if accuracies else float("nan")
 
 
+def effective_rank(features: torch.Tensor) -> float:
+    """exp(H(p)) with p_i = s_i / sum(s), s the singular values of the centred (M, C) features:
+    1 when all boxes lie on one line, min(M, C) when they spread evenly in every direction."""
+    x = features.double()
+    s = torch.linalg.svdvals(x - x.mean(dim=0))
+    if s.sum() <= 0:
+        return 0.0  # every box has the same feature: no direction at all
+    p = s / s.sum()
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def dead_fraction(features: torch.Tensor) -> float:
+    """Share of the C units of (M, C) features that are exactly 0 for every one of the M rows."""
+    return float((features.abs().amax(dim=0) == 0).float().mean())
+
+
 def probe_trunk(trunk: BoxFeatureTrunk, images: Sequence[ProbeImage], reestimate: bool = True,
                 batch_size: int = 16) -> Dict[str, float]:
     """kNN and linear accuracies of a trunk on ``images`` (the module docstring's protocol).
@@ -295,8 +321,9 @@ def probe_trunk(trunk: BoxFeatureTrunk, images: Sequence[ProbeImage], reestimate
     ``reestimate``), so the caller's model is untouched.
 
     Returns:
-        ``{"knn_head", "linear_head", "knn_pooled", "linear_pooled", "num_boxes",
-        "num_images", "num_classes"}`` (no ``*_head`` without a box head).
+        ``{"knn_head", "linear_head", "erank_head", "dead_head", "knn_pooled",
+        "linear_pooled", "erank_pooled", "num_boxes", "num_images", "num_classes"}`` (no
+        ``*_head`` without a box head).
     """
     trunk = copy.deepcopy(trunk)
     if reestimate:
@@ -307,6 +334,9 @@ def probe_trunk(trunk: BoxFeatureTrunk, images: Sequence[ProbeImage], reestimate
         if name in feats:
             result[f"knn_{name}"] = knn_accuracy(feats[name], labels, owner)
             result[f"linear_{name}"] = linear_probe_accuracy(feats[name], labels, owner)
+            result[f"erank_{name}"] = effective_rank(feats[name])
+    if "head" in feats:
+        result["dead_head"] = dead_fraction(feats["head"])
     result.update(num_boxes=int(len(labels)), num_images=len(images),
                   num_classes=int(labels.unique().numel()))
     return result
