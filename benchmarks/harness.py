@@ -423,7 +423,10 @@ def format_table(summary, arms: dict) -> str:
         return f"{d['mean']:+6.2f} ± {d['std']:5.2f}"
 
     baseline = next(iter(arms))
-    head = f"{'dataset':<12} {'init':<22} {'n':>2}  {'box AP':>15}  {'mask AP':>15}  {'box AP50':>15}  {'min/run':>7}"
+    # the init column as wide as its longest entry, so the figures stay aligned
+    w = max([22] + [len(f"{label} init (9 no-det)") for label in arms.values()]
+            + [len(f"{label} - {arms[baseline]} (paired)") for label in arms.values()])
+    head = f"{'dataset':<12} {'init':<{w}} {'n':>2}  {'box AP':>15}  {'mask AP':>15}  {'box AP50':>15}  {'min/run':>7}"
     lines = [head, "-" * len(head)]
     for name, entry in summary.items():
         for arm, label in arms.items():
@@ -431,13 +434,13 @@ def format_table(summary, arms: dict) -> str:
             wall = "-" if it["wall_s_mean"] is None else f"{it['wall_s_mean'] / 60:.1f}"
             flag = f" ({it['no_detection_runs']} no-det)" if it["no_detection_runs"] else ""
             lines.append(
-                f"{name:<12} {label + ' init' + flag:<22} {it['n']:>2}  {ms(it['bbox_AP']):>15}  "
+                f"{name:<12} {label + ' init' + flag:<{w}} {it['n']:>2}  {ms(it['bbox_AP']):>15}  "
                 f"{ms(it['segm_AP']):>15}  {ms(it['bbox_AP50']):>15}  {wall:>7}"
             )
         for arm, label in list(arms.items())[1:]:
             d = entry[f"delta_{arm}_minus_{baseline}"]
             lines.append(
-                f"{name:<12} {f'{label} - {arms[baseline]} (paired)':<22} {d['n']:>2}  "
+                f"{name:<12} {f'{label} - {arms[baseline]} (paired)':<{w}} {d['n']:>2}  "
                 f"{delta(d['bbox_AP']):>15}  {delta(d['segm_AP']):>15}"
             )
     lines.append("COCO AP in percent on the val split; mean ± sample std over fine-tuning seeds.")

@@ -148,6 +148,10 @@ def test_final_evaluation_and_summary(bench, tmp_path):
     assert summary["delta_soco_minus_random"]["bbox_AP"]["values"] == [2.0, 5.0]
     table = bench.format_table({"synthetic": summary})
     assert "SoCo init" in table and "random init (1 no-det)" in table and "+3.50" in table
+    # a long arm name widens the init column instead of pushing its row's figures out of line
+    long = bench.harness.format_table({"synthetic": summary}, {"random": "random", "soco": "a much longer arm name"})
+    rows = [line for line in long.splitlines() if line.startswith("synthetic")]
+    assert len(rows) == 3 and len({line.index("±") for line in rows}) == 1
 
 
 def test_reuse_with_other_settings_is_refused(bench, tmp_path):
