@@ -212,6 +212,14 @@ def keep_prefixes(trunk: str, path: str, prefixes: tuple) -> str:
     return path
 
 
+def drop_checkpoints(output_dir: str) -> None:
+    """Delete every checkpoint of a finished run (model_*.pth and the last_checkpoint pointer)."""
+    for path in glob.glob(os.path.join(output_dir, "model_*.pth")):
+        os.unlink(path)
+    if os.path.exists(os.path.join(output_dir, "last_checkpoint")):
+        os.unlink(os.path.join(output_dir, "last_checkpoint"))
+
+
 def drop_intermediate_checkpoints(output_dir: str, keep_checkpoints: bool) -> None:
     """Keep model_final.pth (full pretraining state) and the trunk; delete model_0*.pth."""
     if not keep_checkpoints:
@@ -322,10 +330,7 @@ def run_finetuning(tag: str, labels: dict, config_file: str, opts, output_dir: s
     })
     write_json(os.path.join(output_dir, RESULT_FILE), record)
     if not keep_checkpoints:
-        for path in glob.glob(os.path.join(output_dir, "model_*.pth")):
-            os.unlink(path)
-        if os.path.exists(os.path.join(output_dir, "last_checkpoint")):
-            os.unlink(os.path.join(output_dir, "last_checkpoint"))
+        drop_checkpoints(output_dir)
     if pretrained and trunk_missing:
         log(f"{tag} WARNING: pretrained trunk keys were not loaded: {trunk_missing}")
     log(f"{tag} box AP {fmt(box)}, mask AP {fmt(mask)}"

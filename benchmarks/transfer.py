@@ -51,7 +51,6 @@ detection at all, which Detectron2 reports as NaN AP, counts as 0 AP in the summ
 flagged in the JSON and the table).
 """
 import argparse
-import glob
 import os
 import sys
 import time
@@ -62,7 +61,8 @@ if BENCH_DIR not in sys.path:
 
 import harness  # noqa: E402
 from harness import (  # noqa: E402  (final_evaluation, check_same: part of this study's API)
-    REPO_ROOT, check_same, config_max_iter, final_evaluation, keep_prefixes, log, new_result, paired_gain_bar, rel,
+    REPO_ROOT, check_same, config_max_iter, drop_checkpoints, final_evaluation, keep_prefixes, log, new_result,
+    paired_gain_bar, rel,
     resolve_output_paths, run_finetuning, run_logged, run_pretraining, scaled_schedule, write_json,
 )
 
@@ -198,8 +198,7 @@ def supervised_trunk(name: str, args) -> tuple:
     if os.path.isfile(final):
         keep_prefixes(final, trunk, TRUNK_PREFIXES)
         if not args.keep_checkpoints:
-            for path in glob.glob(os.path.join(output_dir, "model_*.pth")):
-                os.unlink(path)
+            drop_checkpoints(output_dir)
     elif not os.path.isfile(trunk):
         raise SystemExit(f"{rel(output_dir)} has a result but neither model_final.pth nor {rel(trunk)}: "
                          "delete the folder to train the reference again")
