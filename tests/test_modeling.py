@@ -12,7 +12,9 @@ from detectron2.structures import Boxes
 
 from soco_d2 import add_soco_config
 from soco_d2.methods.soco import SoCo
-from soco_d2.methods.soco.loss import byol_loss, symmetric_pair_loss
+from soco_d2.methods.soco.loss import (
+    byol_loss, info_nce_loss, pair_cosine, symmetric_info_nce_loss, symmetric_pair_loss,
+)
 from soco_d2.modeling import NaiveSyncBatchNorm1d, ema_update, get_norm_1d, momentum_at
 
 FPN_LEVELS = ["p2", "p3", "p4", "p5"]
@@ -118,6 +120,61 @@ def test_byol_loss_no_grad_into_target():
 
 
 # ---------------------------------------------------------------- momentum
+
+
+def test_info_nce_loss_against_hand_computed_value():
+    # Two objects in 2-D: v = (e1, e2), z = (e1, (e1 + e2) / sqrt 2), t = 0.5.
+    v = torch.tensor([[2.0, 0.0], [0.0, 3.0]])  # scale must not matter
+    z = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    t, c = 0.5, 1.0 / math.sqrt(2.0)
+    # object 0: logits (1, c) / t, positive 1; object 1: logits (0, c) / t, positive c.
+    l0 = -math.log(math.exp(1 / t) / (math.exp(1 / t) + math.exp(c / t)))
+    l1 = -math.log(math.exp(c / t) / (math.exp(0.0) + math.exp(c / t)))
+    expected = torch.tensor([2 * t * l0, 2 * t * l1])
+    assert torch.allclose(info_nce_loss(v, z, t), expected, atol=1e-6)
+    both = symmetric_info_nce_loss(v, z, v, z, t)  # (pred_a, pred_b, proj_a, proj_b)
+    assert torch.allclose(both, info_nce_loss(v, z, t).mean() + info_nce_loss(z, v, t).mean())
+    # Orthogonal, well separated embeddings at a low temperature: loss near 0; swapping the
+    # positives makes it large.
+    e = torch.eye(4)
+    assert info_nce_loss(e, e, 0.05).max() < 1e-6
+    assert info_nce_loss(e, e.flip(0), 0.05).min() > 1.0
+
+
+def test_info_nce_loss_no_grad_into_target_and_cosine_monitor():
+    p = torch.randn(6, 8, requires_grad=True)
+    z = torch.randn(6, 8, requires_grad=True)
+    info_nce_loss(p, z, 0.2).sum().backward()
+    assert p.grad is not None and z.grad is None
+    x, y = torch.randn(5, 8), torch.randn(5, 8)
+    cos = 0.5 * (torch.cosine_similarity(x, y, dim=1).mean() + 1.0)  # (x, y) and (x, x)
+    assert torch.allclose(pair_cosine(x, x, x, y), cos, atol=1e-6)
+    # With BYOL the monitor equals 1 - pair loss / 4, as it is documented.
+    assert torch.allclose(pair_cosine(x, y, x, y), 1 - symmetric_pair_loss(x, y, x, y) / 4, atol=1e-6)
+
+
+def test_soco_infonce_option_trains_and_is_checked():
+    from soco_d2.config.checks import ConfigError
+    from soco_d2.methods.soco.config import validate_soco_config
+
+    cfg = tiny_cfg()
+    cfg.MODEL.SOCO.LOSS, cfg.MODEL.SOCO.TEMPERATURE = "infonce", 0.2
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    inputs = make_inputs()
+    out = model(inputs)["loss_soco"]
+    # Same monitor as BYOL; the loss is InfoNCE over the 2 x 3 matched objects of each pair.
+    assert out.dim() == 0 and torch.isfinite(out) and out > 0
+    assert set(model.monitors()) >= {"soco/cos_v1_v2", "soco/cos_v1_v3", "soco/target_std"}
+    out.backward()
+    assert model.predictor.fc1.weight.grad is not None
+    assert all(p.grad is None for p in model.target.parameters())
+    for key, value, needle in (("LOSS", "simclr", "MODEL.SOCO.LOSS"),
+                               ("TEMPERATURE", 0.0, "MODEL.SOCO.TEMPERATURE")):
+        bad = tiny_cfg()
+        bad.MODEL.SOCO[key] = value
+        with pytest.raises(ConfigError, match=needle):
+            validate_soco_config(bad)
 
 
 def test_momentum_schedule():

@@ -11,7 +11,7 @@ from ...config.checks import common_problems, enum_problems, raise_problems
 from ...config.common import add_common_config
 
 __all__ = [
-    "MIN_VIEW_SIZE", "VIEW3_MODES", "LEVEL_ASSIGNMENTS", "add_soco_config", "validate_soco_config",
+    "MIN_VIEW_SIZE", "VIEW3_MODES", "LEVEL_ASSIGNMENTS", "LOSSES", "add_soco_config", "validate_soco_config",
 ]
 
 
@@ -88,6 +88,10 @@ def add_soco_config(cfg):
     _C.MODEL.SOCO.ZERO_INIT_RESIDUAL = True
     # tau_base of the target momentum schedule (Sec. 6).
     _C.MODEL.SOCO.MOMENTUM = 0.99
+    # Object-level loss: "byol" (published: 2 - 2 cos, no negatives) or "infonce" (ablation:
+    # the other objects of the batch in the other view are negatives, temperature below).
+    _C.MODEL.SOCO.LOSS = "byol"
+    _C.MODEL.SOCO.TEMPERATURE = 0.2
     return cfg
 
 
@@ -101,11 +105,13 @@ MIN_VIEW_SIZE = 32
 #: Values of INPUT.SOCO.VIEW3_MODE and MODEL.SOCO.LEVEL_ASSIGNMENT (the mapper and the box
 #: branch accept the same).
 VIEW3_MODES = ("crop", "downsample")
+LOSSES = ("byol", "infonce")
 LEVEL_ASSIGNMENTS = ("scale_aware", "canonical", "all")
 
 _ENUMS = (
     ("INPUT.SOCO.VIEW3_MODE", VIEW3_MODES),
     ("MODEL.SOCO.LEVEL_ASSIGNMENT", LEVEL_ASSIGNMENTS),
+    ("MODEL.SOCO.LOSS", LOSSES),
     ("MODEL.SOCO.HEAD_NORM", ("BN", "SyncBN", "nnSyncBN", "naiveSyncBN", "naiveSyncBN_N", "")),
 )
 
@@ -135,6 +141,8 @@ def validate_soco_config(cfg) -> None:
             )
     problems += enum_problems(cfg, _ENUMS)
 
+    if cfg.MODEL.SOCO.TEMPERATURE <= 0:
+        problems.append(f"MODEL.SOCO.TEMPERATURE must be > 0, got {cfg.MODEL.SOCO.TEMPERATURE}")
     t = list(cfg.MODEL.SOCO.LEVEL_THRESHOLDS)
     if not t or t[0] <= 0 or any(b <= a for a, b in zip(t, t[1:])):
         problems.append(

@@ -7,7 +7,7 @@ Shape shorthand:
 import torch
 import torch.nn.functional as F
 
-__all__ = ["byol_loss", "symmetric_pair_loss"]
+__all__ = ["byol_loss", "symmetric_pair_loss", "info_nce_loss", "symmetric_info_nce_loss", "pair_cosine"]
 
 
 def byol_loss(online_pred: torch.Tensor, target_proj: torch.Tensor) -> torch.Tensor:
@@ -44,3 +44,48 @@ def symmetric_pair_loss(
         Scalar: mean over objects of byol(pred_a, proj_b) + mean of byol(pred_b, proj_a).
     """
     return byol_loss(pred_a, proj_b).mean() + byol_loss(pred_b, proj_a).mean()
+
+
+def info_nce_loss(online_pred: torch.Tensor, target_proj: torch.Tensor, temperature: float) -> torch.Tensor:
+    """
+    Per-object InfoNCE with the other objects of the batch as negatives (MoCo v3's form, an
+    ablation of SoCo's negative-free loss: ``MODEL.SOCO.LOSS "infonce"``):
+
+        l_i = -2t * log( exp(v_i.z_i / t) / sum_j exp(v_i.z_j / t) ),   v, z L2-normalised,
+
+    j over the M target projections of the pair's other view. The factor 2t gives the positive
+    cosine the same gradient as BYOL's 2 - 2 cos when the positive dominates the softmax.
+
+    Args:
+        online_pred: (M, D) online predictions; row i and row i of ``target_proj`` are one object.
+        target_proj: (M, D) target projections (no gradient flows into them).
+        temperature: t > 0.
+
+    Returns:
+        (M,) loss per object, >= 0.
+    """
+    v = F.normalize(online_pred.float(), dim=1)
+    z = F.normalize(target_proj.detach().float(), dim=1)
+    logits = v @ z.t() / temperature  # (M, M): row i, column j = object i against object j
+    labels = torch.arange(v.shape[0], device=v.device)
+    return 2.0 * temperature * F.cross_entropy(logits, labels, reduction="none")
+
+
+def symmetric_info_nce_loss(
+    pred_a: torch.Tensor, pred_b: torch.Tensor, proj_a: torch.Tensor, proj_b: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """``symmetric_pair_loss`` with ``info_nce_loss`` per direction: scalar."""
+    return (info_nce_loss(pred_a, proj_b, temperature).mean()
+            + info_nce_loss(pred_b, proj_a, temperature).mean())
+
+
+@torch.no_grad()
+def pair_cosine(
+    pred_a: torch.Tensor, pred_b: torch.Tensor, proj_a: torch.Tensor, proj_b: torch.Tensor
+) -> torch.Tensor:
+    """Mean cosine of the matched (prediction, other view's projection) pairs, both directions:
+    the ``soco/cos_vA_vB`` monitor, whatever the loss."""
+    cos_ab = F.cosine_similarity(pred_a.float(), proj_b.float(), dim=1)
+    cos_ba = F.cosine_similarity(pred_b.float(), proj_a.float(), dim=1)
+    return 0.5 * (cos_ab.mean() + cos_ba.mean())

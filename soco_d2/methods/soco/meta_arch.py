@@ -27,7 +27,7 @@ from ...modeling import MLPHead, MomentumTarget
 from ...modeling.init import zero_init_residual_gamma
 from .box_branch import build_box_branch
 from .fpn_levels import fpn_forward, levels_needed
-from .loss import symmetric_pair_loss
+from .loss import pair_cosine, symmetric_info_nce_loss, symmetric_pair_loss
 
 __all__ = ["SoCo", "ONLINE_TRUNK_PREFIXES", "build_projector", "build_predictor"]
 
@@ -94,6 +94,8 @@ class SoCo(MomentumTarget, nn.Module):
         channels_last: bool = False,
         momentum: float = 0.99,
         zero_init_residual: bool = False,
+        loss: str = "byol",
+        temperature: float = 0.2,
     ):
         """
         Args:
@@ -108,6 +110,9 @@ class SoCo(MomentumTarget, nn.Module):
             momentum: tau_base of the target's momentum schedule (the trainer applies it).
             zero_init_residual: start the last BatchNorm scale of every residual block of the
                 online backbone at 0 (before the target copy), as the published run does.
+            loss: "byol" (published) or "infonce" (the batch's other objects as negatives,
+                loss.info_nce_loss).
+            temperature: InfoNCE's temperature (unused by "byol").
         """
         super().__init__()
         if zero_init_residual:
@@ -125,6 +130,9 @@ class SoCo(MomentumTarget, nn.Module):
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         assert self.pixel_mean.shape == self.pixel_std.shape, "PIXEL_MEAN / PIXEL_STD lengths differ"
         self.channels_last = channels_last
+        assert loss in ("byol", "infonce"), f"unknown SoCo loss {loss!r}"
+        self.loss_type = loss
+        self.temperature = temperature
         if channels_last:
             self.to(memory_format=torch.channels_last)
 
@@ -142,6 +150,8 @@ class SoCo(MomentumTarget, nn.Module):
             "channels_last": cfg.MODEL.SOCO.CHANNELS_LAST,
             "momentum": cfg.MODEL.SOCO.MOMENTUM,
             "zero_init_residual": cfg.MODEL.SOCO.ZERO_INIT_RESIDUAL,
+            "loss": cfg.MODEL.SOCO.LOSS,
+            "temperature": cfg.MODEL.SOCO.TEMPERATURE,
         }
 
     @property
@@ -207,15 +217,17 @@ class SoCo(MomentumTarget, nn.Module):
         monitors = {}
         for a, b, rows_a, rows_b in self._matched_rows(batched_inputs, counts):
             rows_a, rows_b = rows_a.to(self.device), rows_b.to(self.device)
-            pair_loss = symmetric_pair_loss(
+            matched = (
                 online[a]["predictions"][rows_a],
                 online[b]["predictions"][rows_b],
                 target_proj[a][rows_a],
                 target_proj[b][rows_b],
             )
-            loss = loss + pair_loss
-            # Two byol terms of 2 - 2 cos each: their mean cosine is 1 - pair_loss / 4.
-            monitors[f"soco/cos_v{a + 1}_v{b + 1}"] = 1.0 - pair_loss.detach() / 4.0
+            if self.loss_type == "infonce":
+                loss = loss + symmetric_info_nce_loss(*matched, self.temperature)
+            else:
+                loss = loss + symmetric_pair_loss(*matched)
+            monitors[f"soco/cos_v{a + 1}_v{b + 1}"] = pair_cosine(*matched)
         # Collapse monitor (BYOL): per-dimension std over all objects of the L2-normalised
         # target projections; about 1/sqrt(D) when healthy, towards 0 when they collapse.
         z = F.normalize(torch.cat(target_proj).detach().float(), dim=1)
