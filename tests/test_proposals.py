@@ -364,3 +364,44 @@ def test_second_concurrent_job_is_refused(tmp_path):
     finally:
         proposal_job._unlock(fd)
     assert generate_proposals(list_image_folder(folder), out, workers=0, progress=False).n_done == 1
+
+
+# ------------------------------------------------------------------- ground-truth oracle
+
+def test_ground_truth_proposals_cli_round_trip_and_errors(tmp_path):
+    from detectron2.data import load_proposals_into_dataset
+
+    coco = {
+        "images": [{"id": 7, "file_name": "a.jpg", "width": 100, "height": 80},
+                   {"id": 3, "file_name": "b.jpg", "width": 100, "height": 80}],
+        "annotations": [
+            {"id": 1, "image_id": 7, "bbox": [10, 20, 30, 40], "category_id": 1, "iscrowd": 0},
+            {"id": 2, "image_id": 7, "bbox": [0, 0, 5, 6], "category_id": 2, "iscrowd": 1},
+            {"id": 3, "image_id": 7, "bbox": [50, 10, 20, 20], "category_id": 2},
+        ],
+    }
+    json_file, out = str(tmp_path / "gt.json"), str(tmp_path / "gt.pkl")
+    with open(json_file, "w") as f:
+        json.dump(coco, f)
+    cli = _load_cli()
+    args = ["--ground-truth", "--coco-json", json_file, "--image-root", str(tmp_path), "--output", out]
+    assert cli.main(args) == 0
+    with open(out, "rb") as f:
+        saved = pickle.load(f)
+    assert saved["ids"] == [7, 3]  # every image, in the json's order, also one without boxes
+    # XYWH -> XYXY, crowd box left out, category dropped
+    np.testing.assert_array_equal(saved["boxes"][0], [[10, 20, 40, 60], [50, 10, 70, 30]])
+    assert saved["boxes"][1].shape == (0, 4) and saved["boxes"][0].dtype == np.float32
+    loaded = load_proposals_into_dataset([{"image_id": 3}, {"image_id": 7}], out)
+    np.testing.assert_array_equal(loaded[1]["proposal_boxes"], saved["boxes"][0])
+    assert not os.path.exists(failures_path(out))  # nothing of the selective-search job
+
+    coco["annotations"][0]["bbox"] = [10, 20, float("nan"), 40]
+    with open(json_file, "w") as f:
+        json.dump(coco, f)
+    assert cli.main(args) == 2  # the annotation id and the file are logged
+    from soco_d2.data.proposals.ground_truth import ground_truth_proposals
+    with pytest.raises(ValueError, match=r"gt\.json: annotation 1 has bbox"):
+        ground_truth_proposals(json_file)
+    with pytest.raises(SystemExit):  # the boxes come from a json
+        cli.main(["--ground-truth", "--image-dir", str(tmp_path), "--output", out])

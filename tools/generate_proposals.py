@@ -11,6 +11,13 @@ Examples (from the repository root)::
 
 (the output paths the built-in dataset names coco_2017_train_soco / imagenet_train_soco read).
 
+With --ground-truth (and --coco-json), the json's own boxes are written instead, categories
+dropped: an oracle for ablations, SoCo told where the objects are but not what they are::
+
+    python tools/generate_proposals.py --ground-truth \
+        --coco-json datasets/soco_synthetic/annotations/instances_train.json \
+        --image-root datasets/soco_synthetic/train --output datasets/soco_synthetic/proposals_train_gt.pkl
+
 Image ids: COCO image ids with --coco-json; with --image-dir the path relative to the folder
 without extension (soco_d2.data.image_list). Progress is saved in OUTPUT.partial/, so an
 interrupted run resumes where it stopped. Unusable images are skipped and listed in
@@ -30,6 +37,7 @@ except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from soco_d2.data.image_list import list_coco_images, list_image_folder  # noqa: E402
+from soco_d2.data.proposals.ground_truth import write_ground_truth_proposals  # noqa: E402
 from soco_d2.data.proposals.job import generate_proposals, is_up_to_date  # noqa: E402
 from soco_d2.data.proposals.selective_search import add_settings_arguments, settings_from_args  # noqa: E402
 
@@ -48,12 +56,17 @@ def parse_args(argv=None):
     p.add_argument("--overwrite", action="store_true",
                    help="regenerate even if OUTPUT is complete for these images and settings")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--ground-truth", action="store_true",
+                   help="write the --coco-json's boxes (no categories) instead of selective search: "
+                        "an oracle for ablations")
     add_settings_arguments(p)
     args = p.parse_args(argv)
     if args.coco_json and not args.image_root:
         p.error("--coco-json needs --image-root")
     if args.image_dir and args.image_root:
         p.error("--image-root goes with --coco-json; --image-dir needs none")
+    if args.ground_truth and not args.coco_json:
+        p.error("--ground-truth needs --coco-json (the boxes come from its annotations)")
     if args.workers < 0 or args.flush_every < 1:
         p.error("--workers must be >= 0 and --flush-every >= 1")
     return p, args
@@ -65,6 +78,16 @@ def main(argv=None) -> int:
 
     setup_logger(name="soco_d2")
     logger = setup_logger(name="generate_proposals")
+    if args.ground_truth:
+        try:
+            proposals = write_ground_truth_proposals(args.coco_json, args.output)
+        except (FileNotFoundError, ValueError) as e:
+            logger.error(str(e))
+            return 2
+        n = sum(len(b) for b in proposals["boxes"])
+        logger.info(f"Wrote {args.output}: the {n} ground-truth boxes of {len(proposals['ids'])} "
+                    f"images of {args.coco_json} (categories dropped)")
+        return 0
     try:
         settings = settings_from_args(args)
     except ValueError as e:

@@ -5,11 +5,14 @@
   settings in :class:`ProposalSettings`).
 - :mod:`.job`: parallel, resumable generation of a Detectron2 proposal file
   (:func:`generate_proposals`); CLI: ``tools/generate_proposals.py``.
+- :mod:`.ground_truth`: a labelled json's boxes as a proposal file, categories dropped (an
+  oracle for ablations; ``tools/generate_proposals.py --ground-truth``).
 
 Images are decoded by :mod:`soco_d2.data.decode` (:func:`load_image_bgr` reads them at the size
 selective search needs); :class:`ImageReadError` says why one cannot be used.
 """
 from ..decode import ImageReadError
+from .ground_truth import ground_truth_proposals, write_ground_truth_proposals
 from .job import JobSummary, failures_path, generate_proposals, is_up_to_date, partial_dir
 from .selective_search import (
     ASPECT,
@@ -34,4 +37,5 @@ __all__ = [
     "ImageReadError", "ProposalSettings", "Proposals", "add_settings_arguments", "filter_boxes",
     "load_image_bgr", "propose", "propose_image", "settings_from_args", "JobSummary",
     "failures_path", "generate_proposals", "is_up_to_date", "partial_dir",
+    "ground_truth_proposals", "write_ground_truth_proposals",
 ]
