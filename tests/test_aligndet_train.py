@@ -99,7 +99,7 @@ def test_target_starts_as_the_loaded_weights_and_the_backbone_is_handed_on(datas
     weights = backbone_weights(tmp_path)
     trainer = trained(opts(dataset, tmp_path / "run", "test_aligndet_syn_w", "SOLVER.MAX_ITER", "2"), weights)
     log = (tmp_path / "run" / "log.txt").read_text()
-    assert "MODEL.WEIGHTS empty" not in log and "target network initialised as a copy" in log
+    assert "MODEL.WEIGHTS empty" not in log and "Momentum target initialised as a copy" in log
     loaded = torch.load(weights, weights_only=True)["model"]
     state = trainer.model.state_dict()
     for k, v in loaded.items():

@@ -154,3 +154,27 @@ def test_probe_hook_measures_initialisation_and_end(tiny_images, tmp_path):
     log = (tmp_path / "log.txt").read_text()
     assert "Probe of the trunk (initialisation, iteration 0)" in log
     assert "Probe of the trunk (final, iteration 2)" in log
+
+
+def test_soco_from_weights_starts_with_the_target_as_a_copy(tiny_images, tmp_path):
+    """MODEL.WEIGHTS fills the online network; a started (not resumed) run copies it into the
+    target, so that SoCo continued from a trunk regresses that trunk, not a random network."""
+    from soco_d2.methods.soco import SoCoTrainer
+    from train_net import setup
+
+    torch.set_num_threads(1)
+    first = tmp_path / "first"
+    _train_and_dump(_opts(tiny_images, first) + ["SOLVER.MAX_ITER", "2"], str(tmp_path))
+    trunk = first / "model_final_trunk.pth"
+    cfg = setup(TrainArgs(_opts(tiny_images, tmp_path / "second")
+                          + ["SOLVER.MAX_ITER", "2", "MODEL.WEIGHTS", str(trunk)]))
+    trainer = SoCoTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    loaded = torch.load(trunk, weights_only=True)["model"]
+    state = trainer.model.state_dict()
+    assert any(k.startswith("roi_heads.") for k in loaded)
+    for k, v in loaded.items():
+        assert torch.equal(state[k], v), k
+        assert torch.equal(state["target." + k], v), k  # was the target's random init before
+    log = (tmp_path / "second" / "log.txt").read_text()
+    assert "Momentum target initialised as a copy of the online network" in log

@@ -88,9 +88,18 @@ class PretrainTrainer(DefaultTrainer):
         return build_pretrain_loader(cfg, cls.build_mapper(cfg))
 
     def resume_or_load(self, resume=True):
-        """DefaultTrainer's, then the data stream continues at ``start_iter``."""
+        """DefaultTrainer's, then the data stream continues at ``start_iter``. A model with a
+        momentum target that starts a run (not resumed) copies its online network into the target
+        after loading: MODEL.WEIGHTS fills the online network only, and a target left at its
+        random initialisation would give the first hundreds of steps random regression targets.
+        A resumed checkpoint keeps its own target."""
         super().resume_or_load(resume=resume)
         self.data_stream.set_start_iter(self.start_iter)
+        model = getattr(self.model, "module", self.model)
+        if self.start_iter == 0 and hasattr(model, "update_target"):
+            model.update_target(0.0)  # momentum 0: an exact copy
+            logger.info("Momentum target initialised as a copy of the online network"
+                        + (f" ({self.cfg.MODEL.WEIGHTS})" if self.cfg.MODEL.WEIGHTS else ""))
 
     def state_dict(self):
         ret = super().state_dict()

@@ -39,8 +39,8 @@ class AlignDetTrainer(PretrainTrainer):
         return [ForwardSeedHook()] + super().build_hooks()
 
     def resume_or_load(self, resume=True):
-        """PretrainTrainer's; then, unless a checkpoint was resumed, the target copies the
-        online network (the target of a resumed checkpoint is its own)."""
+        """PretrainTrainer's (which, unless a checkpoint was resumed, copies the online network
+        into the target), and a loud warning when the backbone has no pretrained weights."""
         super().resume_or_load(resume=resume)
         if self.start_iter > 0:
             return
@@ -53,5 +53,4 @@ class AlignDetTrainer(PretrainTrainer):
                 ".\n!! Pass a pretrained trunk, e.g. MODEL.WEIGHTS output/soco_demo_synthetic/"
                 "model_final_trunk.pth\n" + "!" * 88
             )
-        model.update_target(0.0)  # momentum 0: an exact copy
-        logger.info("AlignDet target network initialised as a copy of the online network")
+
