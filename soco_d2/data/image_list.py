@@ -50,12 +50,12 @@ def list_image_folder(image_root: str) -> List[Tuple[str, str]]:
     return items
 
 
-def list_coco_images(json_file: str, image_root: str) -> List[Tuple[int, str]]:
-    """The images of a COCO instances json as ``(coco_image_id, path)``, labels ignored.
+def read_coco_json(json_file: str) -> dict:
+    """The parsed COCO instances json, checked to exist and to have an ``images`` list.
 
     Raises:
         FileNotFoundError: the json file does not exist.
-        ValueError: the file has no ``images`` list, or an image id appears twice.
+        ValueError: the file has no ``images`` list.
     """
     if not os.path.isfile(json_file):
         raise FileNotFoundError(f"COCO json does not exist: {json_file}")
@@ -63,6 +63,17 @@ def list_coco_images(json_file: str, image_root: str) -> List[Tuple[int, str]]:
         data = json.load(f)
     if not isinstance(data, dict) or "images" not in data:
         raise ValueError(f"{json_file} has no 'images' list; is it a COCO instances file?")
+    return data
+
+
+def list_coco_images(json_file: str, image_root: str) -> List[Tuple[int, str]]:
+    """The images of a COCO instances json as ``(coco_image_id, path)``, labels ignored.
+
+    Raises:
+        FileNotFoundError: the json file does not exist.
+        ValueError: the file has no ``images`` list, or an image id appears twice.
+    """
+    data = read_coco_json(json_file)
     items, seen = [], set()
     for img in data["images"]:
         image_id = img["id"]

@@ -4,8 +4,6 @@ better proposals can give. Categories are dropped; crowd boxes are left out.
 
 CLI: ``tools/generate_proposals.py --ground-truth --coco-json J --image-root R --output O``.
 """
-import json
-import os
 import pickle
 from collections import defaultdict
 from typing import Dict
@@ -13,6 +11,7 @@ from typing import Dict
 import numpy as np
 
 from ...utils.atomic_io import atomic_write_bytes
+from ..image_list import read_coco_json
 from .job import PICKLE_PROTOCOL
 
 __all__ = ["ground_truth_proposals", "write_ground_truth_proposals"]
@@ -32,17 +31,14 @@ def ground_truth_proposals(coco_json: str) -> Dict[str, list]:
 
     Raises:
         FileNotFoundError: the json does not exist.
-        ValueError: it has no ``images``, or an annotation's bbox is not 4 finite numbers
+        ValueError: it has no or an empty ``images`` list, or an annotation's bbox is not 4 finite numbers
             (the message names the annotation id and the file).
     """
     from detectron2.structures import BoxMode
 
-    if not os.path.isfile(coco_json):
-        raise FileNotFoundError(f"COCO json does not exist: {coco_json}")
-    with open(coco_json) as f:
-        data = json.load(f)
-    if not data.get("images"):
-        raise ValueError(f"{coco_json}: no 'images' list")
+    data = read_coco_json(coco_json)
+    if not data["images"]:
+        raise ValueError(f"{coco_json}: the 'images' list is empty")
     boxes_of = defaultdict(list)
     for ann in data.get("annotations", []):
         if ann.get("iscrowd", 0):

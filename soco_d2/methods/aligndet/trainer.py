@@ -53,4 +53,3 @@ class AlignDetTrainer(PretrainTrainer):
                 ".\n!! Pass a pretrained trunk, e.g. MODEL.WEIGHTS output/soco_demo_synthetic/"
                 "model_final_trunk.pth\n" + "!" * 88
             )
-

@@ -105,8 +105,9 @@ MIN_VIEW_SIZE = 32
 #: Values of INPUT.SOCO.VIEW3_MODE and MODEL.SOCO.LEVEL_ASSIGNMENT (the mapper and the box
 #: branch accept the same).
 VIEW3_MODES = ("crop", "downsample")
-LOSSES = ("byol", "infonce")
 LEVEL_ASSIGNMENTS = ("scale_aware", "canonical", "all")
+#: Values of MODEL.SOCO.LOSS (the meta-architecture accepts the same).
+LOSSES = ("byol", "infonce")
 
 _ENUMS = (
     ("INPUT.SOCO.VIEW3_MODE", VIEW3_MODES),

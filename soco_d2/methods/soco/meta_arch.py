@@ -26,6 +26,7 @@ from ...evaluation.probe import BoxFeatureTrunk
 from ...modeling import MLPHead, MomentumTarget
 from ...modeling.init import zero_init_residual_gamma
 from .box_branch import build_box_branch
+from .config import LOSSES
 from .fpn_levels import fpn_forward, levels_needed
 from .loss import pair_cosine, symmetric_info_nce_loss, symmetric_pair_loss
 
@@ -130,7 +131,7 @@ class SoCo(MomentumTarget, nn.Module):
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
         assert self.pixel_mean.shape == self.pixel_std.shape, "PIXEL_MEAN / PIXEL_STD lengths differ"
         self.channels_last = channels_last
-        assert loss in ("byol", "infonce"), f"unknown SoCo loss {loss!r}"
+        assert loss in LOSSES, f"unknown SoCo loss {loss!r}"
         self.loss_type = loss
         self.temperature = temperature
         if channels_last:
