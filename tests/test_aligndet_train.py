@@ -95,9 +95,36 @@ def test_run_logs_losses_monitors_momentum_and_exports(dataset, tmp_path):
     assert not any(k.startswith(("target.", "roi_heads.box_predictor.")) for k in trunk)
 
 
+def test_by_default_only_the_backbone_is_taken_from_the_weights(dataset, tmp_path):
+    from train_net import setup
+
+    weights = backbone_weights(tmp_path)
+    loaded = torch.load(weights, weights_only=True)["model"]
+    torch.set_num_threads(1)
+    cfg = setup(TrainArgs(opts(dataset, tmp_path / "run", "test_aligndet_syn_b") + ["MODEL.WEIGHTS", weights],
+                          config_file=INSTANT))
+    assert cfg.MODEL.ALIGNDET.LOAD_BACKBONE_ONLY
+    trainer = AlignDetTrainer(cfg)
+    initial = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.resume_or_load(resume=False)
+    state = trainer.model.state_dict()
+    rest = [k for k in loaded if not k.startswith("backbone.bottom_up.")]
+    assert rest and any(k.startswith("roi_heads.box_head.") for k in rest)
+    for k, v in loaded.items():
+        if k.startswith("backbone.bottom_up."):
+            assert torch.equal(state[k], v), k
+        else:  # FPN, RPN and box head keep their initialisation; the target copies them
+            assert torch.equal(state[k], initial[k]), k
+            assert not v.is_floating_point() or not torch.equal(state[k], v), k
+            assert torch.equal(state["target." + k], initial[k]), k
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert f"not loaded from {weights}: backbone.fpn_lateral2" in log
+
+
 def test_target_starts_as_the_loaded_weights_and_the_backbone_is_handed_on(dataset, tmp_path):
     weights = backbone_weights(tmp_path)
-    trainer = trained(opts(dataset, tmp_path / "run", "test_aligndet_syn_w", "SOLVER.MAX_ITER", "2"), weights)
+    trainer = trained(opts(dataset, tmp_path / "run", "test_aligndet_syn_w", "SOLVER.MAX_ITER", "2",
+                           "MODEL.ALIGNDET.LOAD_BACKBONE_ONLY", "False"), weights)
     log = (tmp_path / "run" / "log.txt").read_text()
     assert "MODEL.WEIGHTS empty" not in log and "Momentum target initialised as a copy" in log
     loaded = torch.load(weights, weights_only=True)["model"]

@@ -6,6 +6,8 @@ what differs, at least :meth:`PretrainTrainer.build_mapper`.
 import logging
 import os
 
+import torch
+
 from detectron2.engine import DefaultTrainer, hooks
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -92,14 +94,33 @@ class PretrainTrainer(DefaultTrainer):
         momentum target that starts a run (not resumed) copies its online network into the target
         after loading: MODEL.WEIGHTS fills the online network only, and a target left at its
         random initialisation would give the first hundreds of steps random regression targets.
-        A resumed checkpoint keeps its own target."""
-        super().resume_or_load(resume=resume)
-        self.data_stream.set_start_iter(self.start_iter)
+        A resumed checkpoint keeps its own target. In a fresh run, the parameters and buffers
+        that :meth:`loads_from_weights` refuses keep their initialisation."""
         model = getattr(self.model, "module", self.model)
+        fresh = not (resume and self.checkpointer.has_checkpoint())
+        kept = {k: v.detach().clone() for k, v in model.state_dict().items()
+                if fresh and self.cfg.MODEL.WEIGHTS and not self.loads_from_weights(k)}
+        super().resume_or_load(resume=resume)
+        if kept:
+            # In place: load_state_dict(kept, strict=False) would let FrozenBatchNorm2d refill the
+            # running statistics it does not find in ``kept`` (the backbone's) with 0 and 1.
+            state = model.state_dict()
+            with torch.no_grad():
+                for k, v in kept.items():
+                    state[k].copy_(v)
+            modules = sorted({".".join(k.split(".")[:2]) for k in kept})
+            logger.info(f"Kept {len(kept)} tensors at their initialisation, not loaded from "
+                        f"{self.cfg.MODEL.WEIGHTS}: {', '.join(modules)}")
+        self.data_stream.set_start_iter(self.start_iter)
         if self.start_iter == 0 and hasattr(model, "update_target"):
             model.update_target(0.0)  # momentum 0: an exact copy
             logger.info("Momentum target initialised as a copy of the online network"
                         + (f" ({self.cfg.MODEL.WEIGHTS})" if self.cfg.MODEL.WEIGHTS else ""))
+
+    def loads_from_weights(self, key: str) -> bool:
+        """Whether a fresh run takes model key ``key`` from MODEL.WEIGHTS (all keys by
+        default; a method that starts from part of a trunk overrides this)."""
+        return True
 
     def state_dict(self):
         ret = super().state_dict()

@@ -70,6 +70,12 @@ def add_aligndet_config(cfg):
     # Backbone (MODEL.WEIGHTS) frozen: FrozenBN, no gradient, shared by online and target
     # (Networks). False: trained, with its own momentum copy (ablation).
     _C.MODEL.ALIGNDET.FREEZE_BACKBONE = True
+    # A fresh run takes only the backbone (backbone.bottom_up.*) from MODEL.WEIGHTS; FPN, RPN
+    # and heads start at Detectron2's initialisation, as in the method, whose first stage is a
+    # backbone (Idea). False: also load the FPN and box head a SoCo trunk has (ablation).
+    # Measured on the CPU demo: the SoCo demo trunk's FPN and box head (collapsed) start AlignDet
+    # with 42% dead box-head units and probe knn_head 0.21, random ones with 0% and 0.46-0.50.
+    _C.MODEL.ALIGNDET.LOAD_BACKBONE_ONLY = True
     # Momentum of the target detector at the first iteration, rising to 1 on a cosine
     # (Networks: 0.996).
     _C.MODEL.ALIGNDET.MOMENTUM = 0.996

@@ -9,6 +9,8 @@ from .mapper import AlignDetDatasetMapper
 
 __all__ = ["AlignDetTrainer"]
 
+BACKBONE_PREFIX = "backbone.bottom_up."  # the ResNet of an FPN detector, in Detectron2's names
+
 logger = logging.getLogger(__name__)
 
 
@@ -16,8 +18,9 @@ class AlignDetTrainer(PretrainTrainer):
     """:class:`soco_d2.engine.trainer.PretrainTrainer` (data check, epochs, DDP on CPU, AMP,
     exact resume, momentum hook, export) with AlignDet's mapper, and:
 
-    - the target copies the online network once MODEL.WEIGHTS is loaded (a fresh run), so both
-      start from the same backbone, FPN and heads; a run without MODEL.WEIGHTS is warned about
+    - a fresh run loads only the backbone from MODEL.WEIGHTS (MODEL.ALIGNDET.LOAD_BACKBONE_ONLY),
+      and the target copies the online network once it is loaded, so both start from the same
+      backbone, FPN and heads; a run without MODEL.WEIGHTS is warned about
       loudly (the frozen backbone would stay random);
     - the random draws inside the forward (Detectron2's anchor and RoI sampling) are seeded per
       iteration (:class:`ForwardSeedHook`), so a resumed run is exact;
@@ -37,6 +40,11 @@ class AlignDetTrainer(PretrainTrainer):
 
     def build_hooks(self):
         return [ForwardSeedHook()] + super().build_hooks()
+
+    def loads_from_weights(self, key: str) -> bool:
+        """With MODEL.ALIGNDET.LOAD_BACKBONE_ONLY, a fresh run takes only the backbone
+        (``backbone.bottom_up.*``) from MODEL.WEIGHTS, whatever else the file holds."""
+        return not self.cfg.MODEL.ALIGNDET.LOAD_BACKBONE_ONLY or key.startswith(BACKBONE_PREFIX)
 
     def resume_or_load(self, resume=True):
         """PretrainTrainer's (which, unless a checkpoint was resumed, copies the online network
