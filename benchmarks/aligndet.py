@@ -124,7 +124,7 @@ def aligndet_opts(args, trunk: str, output_dir: str) -> list:
     iters = QUICK["aligndet_iters"] if args.quick else args.aligndet_iters
     if iters:  # the demo's shape: warmup 1/4, steps at 8/12 and 11/12
         opts += scaled_schedule(iters, 0.25, (8 / 12, 11 / 12))
-    return opts
+    return opts + list(args.aligndet_opts)
 
 
 def pretrain_aligndet(args, trunk: str) -> dict:
@@ -188,6 +188,8 @@ def parse_args(argv=None):
                    help="fine-tuning seeds, each run in every arm (default: 0 1 2; --quick: 0)")
     p.add_argument("--aligndet-iters", type=int, default=0,
                    help="AlignDet pretraining iterations at batch 16 (default: the config's 40)")
+    p.add_argument("--aligndet-opts", nargs="+", default=[], metavar="KEY VALUE",
+                   help="config overrides of the AlignDet pretraining run (ablations, e.g. SOLVER.BASE_LR 0.02)")
     p.add_argument("--finetune-iters", type=int, default=0,
                    help="fine-tuning iterations at batch 8 (default: the config's 200)")
     p.add_argument("--finetune-config", default=None,
@@ -198,6 +200,8 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="smoke test of the pipeline (see the module docstring)")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep every checkpoint")
     args = p.parse_args(argv)
+    if len(args.aligndet_opts) % 2:
+        p.error(f"--aligndet-opts takes KEY VALUE pairs, got {len(args.aligndet_opts)} words")
     if args.seeds is None:
         args.seeds = [0] if args.quick else [0, 1, 2]
     args.arms = {arm: ARMS[arm] for arm in ARMS if arm in args.arms or arm == "soco_backbone"}

@@ -67,6 +67,12 @@ def test_quick_mode_and_schedules(bench, tmp_path):
     assert (o["SOLVER.MAX_ITER"], o["TEST.PRECISE_BN.NUM_ITER"], o["MODEL.RPN.POST_NMS_TOPK_TEST"]) == ("4", "2", "20")
     o = _opts(bench.aligndet_opts(args, "soco.pth", str(tmp_path)))
     assert (o["MODEL.WEIGHTS"], o["SOLVER.MAX_ITER"], o["SOLVER.EPOCHS"]) == ("soco.pth", "2", "0")
+    # --aligndet-opts go last, so they override the benchmark's own settings
+    args = bench.parse_args(["--aligndet-opts", "SOLVER.BASE_LR", "0.02", "SEED", "4"])
+    opts = bench.aligndet_opts(args, "soco.pth", str(tmp_path))
+    assert opts[-4:] == ["SOLVER.BASE_LR", "0.02", "SEED", "4"] and _opts(opts)["SEED"] == "4"
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--aligndet-opts", "SOLVER.BASE_LR"])
     # the demo's own shape, scaled: 40 iterations -> warmup 10, steps 27 and 37
     o = _opts(bench.scaled_schedule(40, 0.25, (8 / 12, 11 / 12)))
     assert (o["SOLVER.WARMUP_ITERS"], o["SOLVER.STEPS"]) == ("10", "(27,37,)")
