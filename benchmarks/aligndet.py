@@ -187,7 +187,7 @@ def parse_args(argv=None):
     p.add_argument("--seeds", nargs="+", type=int, default=None,
                    help="fine-tuning seeds, each run in every arm (default: 0 1 2; --quick: 0)")
     p.add_argument("--aligndet-iters", type=int, default=0,
-                   help="AlignDet pretraining iterations at batch 16 (default: the config's 40)")
+                   help="AlignDet pretraining iterations at batch 16 (default: the config's 160)")
     p.add_argument("--aligndet-opts", nargs="+", default=[], metavar="KEY VALUE",
                    help="config overrides of the AlignDet pretraining run (ablations, e.g. SOLVER.BASE_LR 0.02)")
     p.add_argument("--finetune-iters", type=int, default=0,
