@@ -73,7 +73,7 @@ def test_quick_mode_and_schedules(bench, tmp_path):
     assert opts[-4:] == ["SOLVER.BASE_LR", "0.02", "SEED", "4"] and _opts(opts)["SEED"] == "4"
     with pytest.raises(SystemExit):
         bench.parse_args(["--aligndet-opts", "SOLVER.BASE_LR"])
-    # the demo's own shape, scaled: 40 iterations -> warmup 10, steps 27 and 37
+    # the demo's shape (warmup 1/4, steps at 8/12 and 11/12) at 40 iterations: warmup 10, steps 27 and 37
     o = _opts(bench.scaled_schedule(40, 0.25, (8 / 12, 11 / 12)))
     assert (o["SOLVER.WARMUP_ITERS"], o["SOLVER.STEPS"]) == ("10", "(27,37,)")
     for iters in (2, 3, 7, 200):

@@ -97,9 +97,10 @@ class PretrainTrainer(DefaultTrainer):
         A resumed checkpoint keeps its own target. In a fresh run, the parameters and buffers
         that :meth:`loads_from_weights` refuses keep their initialisation."""
         model = getattr(self.model, "module", self.model)
-        fresh = not (resume and self.checkpointer.has_checkpoint())
-        kept = {k: v.detach().clone() for k, v in model.state_dict().items()
-                if fresh and self.cfg.MODEL.WEIGHTS and not self.loads_from_weights(k)}
+        kept = {}
+        if self.cfg.MODEL.WEIGHTS and not (resume and self.checkpointer.has_checkpoint()):
+            kept = {k: v.detach().clone() for k, v in model.state_dict().items()
+                    if not self.loads_from_weights(k)}
         super().resume_or_load(resume=resume)
         if kept:
             # In place: load_state_dict(kept, strict=False) would let FrozenBatchNorm2d refill the
