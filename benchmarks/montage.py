@@ -3,6 +3,7 @@
 SoCo backbone, fine-tuned with the same config, schedule and seeds on the embedded data.
 
     python benchmarks/montage.py --soco-trunk output/soco_demo_synthetic/model_final_trunk.pth
+    python benchmarks/montage.py --detection-set full --arms random montage   # all 2000 scenes labelled
     python benchmarks/montage.py --quick            # smoke test of the pipeline, minutes
 
 Arms (they differ ONLY in MODEL.WEIGHTS of the fine-tuning run):
@@ -12,8 +13,10 @@ Arms (they differ ONLY in MODEL.WEIGHTS of the fine-tuning run):
   on the LABELLED scenes of the fine-tuning split, ``soco_synthetic_det_train_100`` (the paper's
   setting: pretraining needs only the target detection set, so it sees the same 100 labelled
   scenes as fine-tuning and no other label); ``--montage-iters`` iterations (default 300 at batch
-  16, 48 epochs of the 100 scenes). Only the backbone is pretrained: FPN, RPN and box head start
-  random;
+  16, 48 epochs of the 100 scenes). With ``--detection-set full`` the detection set is all 2000
+  train scenes with their labels (``soco_synthetic_det_train``): Montage pretrains on them (1000
+  iterations, 128 px canvas) and every arm fine-tunes on them. Only the backbone is pretrained:
+  FPN, RPN and box head start random;
 - ``soco``: the ResNet-18 of the SoCo trunk of the CPU recipe (``--soco-trunk``, pretrained
   without labels on the 2000 train scenes; its ``backbone.bottom_up.*`` keys, written to
   ``OUTPUT_ROOT/soco_backbone.pth``): backbone against backbone, FPN, RPN and box head random in
@@ -24,7 +27,8 @@ Arms (they differ ONLY in MODEL.WEIGHTS of the fine-tuning run):
   iterations as ``montage``.
 
 Fine-tuning: ``configs/transfer/faster_rcnn_R18_FPN_synthetic.yaml`` (Faster R-CNN R18-FPN on the
-100 labelled scenes, its own 200-iteration schedule at batch 8, or ``--finetune-iters`` scaled),
+100 labelled scenes, or the 2000 of ``--detection-set full``, its own 200-iteration schedule at
+batch 8, or ``--finetune-iters`` scaled),
 evaluated on the 200 ``soco_synthetic_det_val`` scenes; seeds 0, 1, 2, each run in every arm
 (a seed gives every arm the same data order and the same random layers).
 
@@ -58,11 +62,18 @@ from transfer import prepare_data  # noqa: E402  (the embedded scenes and their 
 ARMS = {"random": "random", "montage": "Montage", "soco": "SoCo backbone", "montage_free": "Montage label-free"}
 DEFAULT_ARMS = ["random", "montage", "soco"]
 PRETRAIN = {
-    "montage": {
-        "config": "configs/montage/montage_demo_synthetic.yaml",
-        "opts": ["DATASETS.TRAIN", '("soco_synthetic_det_train_100",)'],
-    },
-    "montage_free": {"config": "configs/montage/montage_free_demo_synthetic.yaml", "opts": []},
+    "montage": {"config": "configs/montage/montage_demo_synthetic.yaml"},
+    "montage_free": {"config": "configs/montage/montage_free_demo_synthetic.yaml"},
+}
+# The detection set (--detection-set): the labelled scenes that Montage pretrains on and the
+# detector fine-tunes on, the same ones (the paper's setting: no other data, no other label).
+# "low_label": 100 labelled scenes, Montage 300 iterations on the 96 px canvas of the demo config;
+# "full": all 2000 train scenes labelled, Montage 1000 iterations (8 epochs) on a 128 px canvas,
+# where an object sample is about as large as in the fine-tuning images.
+DETECTION_SETS = {
+    "low_label": {"train": "soco_synthetic_det_train_100", "montage_iters": 300, "montage_opts": []},
+    "full": {"train": "soco_synthetic_det_train", "montage_iters": 1000,
+             "montage_opts": ["INPUT.MONTAGE.CANVAS_SIZE", "128"]},
 }
 FINETUNE_CONFIG = "configs/transfer/faster_rcnn_R18_FPN_synthetic.yaml"
 # State_dict prefixes of the detector that each pretrained arm must fill.
@@ -77,9 +88,11 @@ QUICK = {"montage_iters": 3, "finetune_iters": 4, "precise_bn_iters": 2,
 def pretrain_opts(args, arm: str, output_dir: str, trunk: str = "") -> list:
     """Overrides of a Montage pretraining: its data, the SoCo trunk (label-free), the schedule."""
     iters = QUICK["montage_iters"] if args.quick else args.montage_iters
-    opts = list(PRETRAIN[arm]["opts"])
-    if arm == "montage_free":
-        opts += ["MODEL.WEIGHTS", rel(trunk)]
+    if arm == "montage":
+        detection_set = DETECTION_SETS[args.detection_set]
+        opts = ["DATASETS.TRAIN", f'("{detection_set["train"]}",)'] + detection_set["montage_opts"]
+    else:  # montage_free: the unlabelled train scenes of its config, from the SoCo trunk
+        opts = ["MODEL.WEIGHTS", rel(trunk)]
     opts += ["MODEL.DEVICE", "cpu", "SEED", "0", "OUTPUT_DIR", rel(output_dir)]
     return opts + scaled_schedule(iters, 1 / 6, ())  # the demo's shape: warmup 1/6, cosine to 0
 
@@ -98,6 +111,8 @@ def finetune_max_iter(args) -> int:
 
 def finetune_opts(args, arm: str, seed: int, weights: dict, output_dir: str) -> list:
     opts = ["MODEL.WEIGHTS", rel(weights[arm]) if weights.get(arm) else ""] + list(COMMON_FINETUNE_OPTS)
+    if args.detection_set != "low_label":  # the config fine-tunes on the low-label set
+        opts += ["DATASETS.TRAIN", f'("{DETECTION_SETS[args.detection_set]["train"]}",)']
     iters = QUICK["finetune_iters"] if args.quick else args.finetune_iters
     if iters:  # the config's schedule (warmup 20 of 200, step at 150) scaled
         opts += scaled_schedule(iters, 0.1, (0.75,))
@@ -154,8 +169,11 @@ def parse_args(argv=None):
                    help="the SoCo CPU trunk: its ResNet is the soco arm; montage_free's init (default: %(default)s)")
     p.add_argument("--seeds", nargs="+", type=int, default=None,
                    help="fine-tuning seeds, each run in every arm (default: 0 1 2; --quick: 0)")
-    p.add_argument("--montage-iters", type=int, default=300,
-                   help="Montage pretraining iterations at batch 16 (default: %(default)s)")
+    p.add_argument("--detection-set", choices=list(DETECTION_SETS), default="low_label",
+                   help="labelled scenes that Montage pretrains on and every arm fine-tunes on: "
+                        "low_label = the first 100, full = all 2000 (default: %(default)s)")
+    p.add_argument("--montage-iters", type=int, default=None,
+                   help="Montage pretraining iterations at batch 16 (default: 300 low_label, 1000 full)")
     p.add_argument("--finetune-iters", type=int, default=0,
                    help="fine-tuning iterations at batch 8 (default: the config's 200)")
     p.add_argument("--output-root", default=None,
@@ -170,6 +188,10 @@ def parse_args(argv=None):
         p.error("--arms: the first arm must be random (the baseline of the paired differences)")
     if args.seeds is None:
         args.seeds = [0] if args.quick else [0, 1, 2]
+    if args.montage_iters is None:
+        args.montage_iters = DETECTION_SETS[args.detection_set]["montage_iters"]
+    if args.output_root is None and args.detection_set != "low_label":
+        args.output_root = f"output/montage_bench_{args.detection_set}" + ("_quick" if args.quick else "")
     resolve_output_paths(args, "montage")
     return args
 
@@ -181,6 +203,8 @@ def main(argv=None) -> int:
     result = new_result(
         "montage", argv,
         settings={"arms": {a: ARMS[a] for a in args.arms}, "seeds": args.seeds, "quick": args.quick,
+                  "detection_set": args.detection_set,
+                  "finetune_train": DETECTION_SETS[args.detection_set]["train"],
                   "montage_iters": QUICK["montage_iters"] if args.quick else args.montage_iters,
                   "finetune_config": FINETUNE_CONFIG, "finetune_iters": finetune_max_iter(args),
                   "output_root": rel(args.output_root)},

@@ -32,12 +32,23 @@ def test_arms_differ_only_in_weights(bench, tmp_path):
 
 
 def test_pretraining_sees_only_the_finetuning_labels(bench, tmp_path):
+    """Montage pretrains on exactly the labelled set the detector fine-tunes on, in both settings."""
     args = bench.parse_args(["--output-root", str(tmp_path)])
     o = _opts(bench.pretrain_opts(args, "montage", str(tmp_path / "p")))
     assert o["DATASETS.TRAIN"] == '("soco_synthetic_det_train_100",)'
     assert (o["SOLVER.MAX_ITER"], o["SOLVER.WARMUP_ITERS"], o["SOLVER.EPOCHS"]) == ("300", "50", "0")
     free = _opts(bench.pretrain_opts(args, "montage_free", str(tmp_path / "p"), trunk="soco.pth"))
     assert free["MODEL.WEIGHTS"] == "soco.pth" and "DATASETS.TRAIN" not in free
+    full = bench.parse_args(["--detection-set", "full"])
+    assert full.montage_iters == 1000 and full.output_root.endswith(os.path.join("output", "montage_bench_full"))
+    o = _opts(bench.pretrain_opts(full, "montage", str(tmp_path / "p")))
+    assert o["DATASETS.TRAIN"] == '("soco_synthetic_det_train",)' and o["INPUT.MONTAGE.CANVAS_SIZE"] == "128"
+    assert o["SOLVER.MAX_ITER"] == "1000"
+    tuned = {arm: _opts(bench.finetune_opts(full, arm, 0, {"montage": "m.pth"}, str(tmp_path))) for arm in
+             ("random", "montage")}
+    assert tuned["random"]["DATASETS.TRAIN"] == tuned["montage"]["DATASETS.TRAIN"] == '("soco_synthetic_det_train",)'
+    assert "DATASETS.TRAIN" not in _opts(bench.finetune_opts(args, "random", 0, {}, str(tmp_path)))
+    assert bench.parse_args(["--detection-set", "full", "--montage-iters", "7"]).montage_iters == 7
     quick = bench.parse_args(["--quick", "--output-root", str(tmp_path)])
     assert quick.seeds == [0] and quick.out == os.path.join(str(tmp_path), "montage.json")
     assert _opts(bench.pretrain_opts(quick, "montage", str(tmp_path)))["SOLVER.MAX_ITER"] == "3"
