@@ -28,10 +28,10 @@ from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from soco_d2.config import add_config, check_weights_set, load_config
+from soco_d2.config import check_weights_set, load_config
 from soco_d2.data import register_datasets_from_cfg
 from soco_d2.engine import DetectionTrainer
-from soco_d2.methods import get_method
+from soco_d2.methods import add_config, get_method
 
 logger = logging.getLogger("soco_d2")
 

@@ -87,7 +87,8 @@ def train_net_cmd(config_file: str, opts, resume: bool = False):
 def config_max_iter(config_file: str) -> int:
     """SOLVER.MAX_ITER of a config file (relative to the repo root), bases resolved."""
     from detectron2.config import get_cfg
-    from soco_d2.config import add_config, load_config
+    from soco_d2 import add_config
+    from soco_d2.config import load_config
 
     return load_config(add_config(get_cfg()), os.path.join(REPO_ROOT, config_file)).SOLVER.MAX_ITER
 

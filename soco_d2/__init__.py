@@ -5,8 +5,7 @@ Importing ``soco_d2`` registers everything it defines with Detectron2: the built
 
 Pieces every method shares:
 
-- ``config``: the shared keys, YAML loading with model-zoo bases, checks (:func:`add_config`
-  adds the shared keys and every method's).
+- ``config``: the shared keys, YAML loading with model-zoo bases, checks.
 - ``data``: pretraining datasets and their deterministic sample stream, the loader, image
   decoding, unsupervised proposals, box/view geometry, colour augmentation, synthetic data.
 - ``modeling``: the momentum target, MLP heads, init tricks, detector heads for transfer.
@@ -16,14 +15,14 @@ Pieces every method shares:
 - ``export``: trunk export driven by each method's declaration.
 - ``utils``: atomic file writes.
 
-Methods, one folder each, registered by MODEL.META_ARCHITECTURE (``soco_d2.methods``):
+Methods, one folder each, registered by MODEL.META_ARCHITECTURE (``soco_d2.methods``, whose
+:func:`add_config` adds the shared keys and every method's):
 
 - ``methods/soco``: SoCo (Wei et al., NeurIPS 2021).
 - ``methods/aligndet``: AlignDet box-domain pretraining (Li et al., ICCV 2023).
 - ``methods/montage``: Montage pretraining (Zhou et al., ECCV 2020) and its label-free variant.
 """
-from .config import add_config
-from .methods import get_method, registered_methods
+from .methods import add_config, get_method, registered_methods
 
 from . import data  # noqa: F401  (registers the built-in datasets in DatasetCatalog)
 from . import modeling  # noqa: F401  (registers the transfer heads in ROI_HEADS_REGISTRY)

@@ -5,8 +5,10 @@ One exporter for every method. Each method declares, in its folder, what it hand
 trunk that is kept, the prefixes of its pretraining-only parts (they mark a checkpoint as that
 method's and are dropped, as is everything else outside the trunk), and renames for names that
 differ from Detectron2's. :func:`export_trunk` applies a declaration, or finds it from the
-checkpoint's keys among the registered methods; the export hook
-(``soco_d2.engine.hooks.ExportTrunkHook``) and ``tools/convert_to_d2.py`` both call it.
+checkpoint's keys among the declarations it is given; the export hook
+(``soco_d2.engine.hooks.ExportTrunkHook``, given the declaration of the method that trains) and
+``tools/convert_to_d2.py`` (given every registered method's, ``soco_d2.methods.registered_exports``)
+both call it. This module knows no method: it is given their declarations.
 
 The output is ``{"model": {name: tensor}, "__author__": "soco_d2", "matching_heuristics":
 False}`` written with ``torch.save`` to a ``.pth`` file, which ``DetectionCheckpointer`` (and so
@@ -19,11 +21,10 @@ import logging
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Mapping, Sequence, Tuple, Union
 
 import torch
 
-from .methods import registered_methods
 from .utils.atomic_io import atomic_write
 
 __all__ = ["AUTHOR", "ExportSpec", "find_export_spec", "export_trunk", "read_state_dict", "split_trunk"]
@@ -94,9 +95,10 @@ def _parts(keys) -> list:
 
 
 def find_export_spec(
-    keys: Sequence[str], source: str = "<state_dict>", specs: Optional[Sequence[ExportSpec]] = None
+    keys: Sequence[str], specs: Sequence[ExportSpec], source: str = "<state_dict>"
 ) -> ExportSpec:
-    """The declaration whose ``marks`` the keys carry (default: every registered method's).
+    """The declaration among ``specs`` whose ``marks`` the keys carry (e.g. every registered
+    method's, ``soco_d2.methods.registered_exports()``).
 
     A mark may be shared by several methods (every method with a momentum target has
     ``target.*``), so the keys belong to the declaration with the largest share of its marks
@@ -106,8 +108,6 @@ def find_export_spec(
         ValueError: no declaration matches; the message names ``source``, each method and the
             prefixes that would mark it.
     """
-    if specs is None:
-        specs = [m.export for m in registered_methods()]
     best, best_share = None, 0.0
     for spec in specs:
         share = sum(any(k.startswith(mark) for k in keys) for mark in spec.marks) / max(len(spec.marks), 1)
@@ -155,7 +155,7 @@ def split_trunk(
     """
     state_dict = _strip_ddp(state_dict)
     keys = list(state_dict.keys())
-    find_export_spec(keys, source, [spec])  # raises if it is not this method's
+    find_export_spec(keys, [spec], source)  # raises if it is not this method's
     names = OrderedDict((k, spec.rename(k)) for k in keys if k.startswith(spec.keep))
     if not names:
         raise ValueError(
@@ -176,7 +176,7 @@ def split_trunk(
 def export_trunk(
     src: Union[str, Mapping[str, torch.Tensor]],
     dst: str,
-    spec: Optional[ExportSpec] = None,
+    spec: Union[ExportSpec, Sequence[ExportSpec]],
     *,
     verbose: bool = True,
 ) -> dict:
@@ -186,7 +186,8 @@ def export_trunk(
         src: path of a pretraining checkpoint (``model_final.pth``), or a checkpoint dict
             (``{"model": state_dict, ...}``), or a state_dict.
         dst: output ``.pth`` file, for ``MODEL.WEIGHTS``; written atomically.
-        spec: the method's declaration; None: found from the keys (:func:`find_export_spec`).
+        spec: the method's declaration, or the declarations the checkpoint may be one of (it
+            is found from the keys, :func:`find_export_spec`).
         verbose: log every ``old -> new`` key at INFO (else at DEBUG).
 
     Returns:
@@ -198,8 +199,8 @@ def export_trunk(
 
     Raises:
         FileNotFoundError: ``src`` is a path that does not exist.
-        ValueError: ``src`` is not a checkpoint of the method (of any registered method when
-            ``spec`` is None), or ``dst`` is ``src`` or ends in ``.pkl`` (DetectionCheckpointer
+        ValueError: ``src`` is not a checkpoint of the method (of any of the methods when
+            ``spec`` is several declarations), or ``dst`` is ``src`` or ends in ``.pkl`` (DetectionCheckpointer
             reads those with pickle, not torch.load).
     """
     if str(dst).endswith(".pkl"):
@@ -215,8 +216,8 @@ def export_trunk(
     else:
         source = "<in-memory state_dict>"
         state = src.get("model", src) if isinstance(src.get("model", None), Mapping) else src
-    if spec is None:
-        spec = find_export_spec(list(_strip_ddp(state)), source)
+    if not isinstance(spec, ExportSpec):
+        spec = find_export_spec(list(_strip_ddp(state)), spec, source)
 
     trunk, dropped, names = split_trunk(state, spec, source)
     renamed = sum(old != new for old, new in names.items())

@@ -85,7 +85,8 @@ def test_quick_mode_and_schedules(bench, tmp_path):
 def test_configs_of_the_study_exist_and_match(bench):
     from detectron2.config import get_cfg
 
-    from soco_d2.config import add_config, load_config
+    from soco_d2 import add_config
+    from soco_d2.config import load_config
 
     for spec in bench.DETECTORS.values():
         pre = load_config(add_config(get_cfg()), os.path.join(REPO_ROOT, spec["pretrain_config"]))

@@ -8,8 +8,10 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
-from soco_d2.config import WEIGHTS_PLACEHOLDER, add_config, load_config
+from soco_d2 import add_config
+from soco_d2.config import WEIGHTS_PLACEHOLDER, load_config
 from soco_d2.export import export_trunk, find_export_spec
+from soco_d2.methods import registered_exports
 from soco_d2.methods.aligndet.export import RCNN_KEEP, RETINANET_KEEP, aligndet_export
 from test_export import load_with_report, save_trained_soco_checkpoint
 from train_helpers import load_script
@@ -55,7 +57,7 @@ def check_loads(state, trunk_path, transfer_config, pretrained_prefixes, may_mis
 
 def test_rcnn_export_loads_into_stock_faster_and_mask_rcnn(tmp_path):
     ckpt, state = pretrained(tmp_path, "Base-AlignDet-RCNN-R50-FPN.yaml")
-    summary = export_trunk(str(ckpt), str(tmp_path / "trunk.pth"))
+    summary = export_trunk(str(ckpt), str(tmp_path / "trunk.pth"), registered_exports())
     assert summary["method"] == "AlignDetRCNN" and summary["renamed"] == 0
     assert {"roi_heads", "target.backbone", "target.proposal_generator", "target.roi_heads"} == set(summary["dropped"])
     kept = set(torch.load(tmp_path / "trunk.pth", weights_only=True)["model"])
@@ -83,7 +85,7 @@ def test_rcnn_regression_layer_exports_on_request_into_a_class_agnostic_detector
 
 def test_retinanet_export_loads_into_stock_retinanet(tmp_path):
     ckpt, state = pretrained(tmp_path, "Base-AlignDet-RetinaNet-R50-FPN.yaml")
-    summary = export_trunk(str(ckpt), str(tmp_path / "trunk.pth"))
+    summary = export_trunk(str(ckpt), str(tmp_path / "trunk.pth"), registered_exports())
     assert summary["method"] == "AlignDetRetinaNet"
     kept = set(torch.load(tmp_path / "trunk.pth", weights_only=True)["model"])
     assert kept == {k for k in state if k.startswith(RETINANET_KEEP)}
@@ -101,12 +103,13 @@ def test_exporter_tells_aligndet_from_soco():
     soco = {"backbone.a": t, "projector.fc1.weight": t, "predictor.fc1.weight": t, "target.backbone.a": t}
     rcnn = {"backbone.a": t, "roi_heads.box_predictor.cls_score.fc1.weight": t, "target.backbone.fpn_x": t}
     retina = {"backbone.a": t, "head.cls_score.conv1.weight": t, "target.head.x": t}
-    assert find_export_spec(list(soco)).method == "SoCo"
-    assert find_export_spec(list(rcnn)).method == "AlignDetRCNN"
-    assert find_export_spec(list(retina)).method == "AlignDetRetinaNet"
+    assert find_export_spec(list(soco), registered_exports()).method == "SoCo"
+    assert find_export_spec(list(rcnn), registered_exports()).method == "AlignDetRCNN"
+    assert find_export_spec(list(retina), registered_exports()).method == "AlignDetRetinaNet"
     with pytest.raises(ValueError, match=r"is not a SoCo checkpoint .*nor an AlignDetRCNN checkpoint "
                                          r"\(no roi_heads\.box_predictor\.cls_score\.fc1\.\* keys\)"):
-        find_export_spec(["backbone.a", "roi_heads.box_predictor.cls_score.weight"], "mask_rcnn.pth")
+        find_export_spec(["backbone.a", "roi_heads.box_predictor.cls_score.weight"], registered_exports(),
+                         "mask_rcnn.pth")
 
 
 def test_converter_also_keeps_the_regression_layer(tmp_path, capsys):

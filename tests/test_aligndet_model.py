@@ -13,7 +13,8 @@ from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.structures import Boxes, pairwise_iou
 from detectron2.utils.events import EventStorage
 
-from soco_d2.config import add_config, load_config
+from soco_d2 import add_config
+from soco_d2.config import load_config
 from soco_d2.evaluation.probe import BoxFeatureTrunk
 from soco_d2.methods.aligndet.loss import info_nce
 from soco_d2.methods.aligndet.meta_arch import batch_instance_ids

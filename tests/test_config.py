@@ -70,7 +70,8 @@ def test_cuda_device_without_cuda_says_what_to_do(tmp_path):
 def test_shared_keys_are_added_once():
     from detectron2.config import get_cfg
 
-    from soco_d2.config import add_common_config, add_config
+    from soco_d2 import add_config
+    from soco_d2.config import add_common_config
 
     cfg = add_common_config(get_cfg())
     cfg.SOLVER.EPOCHS, cfg.DATASETS.SOCO_REGISTER = 7, [("a", "b", "")]

@@ -39,7 +39,7 @@ def test_importing_the_package_registers_everything():
 def test_method_registry_and_trainer_choice():
     from detectron2.config import get_cfg
 
-    from soco_d2.config import add_config
+    from soco_d2 import add_config
     from soco_d2.engine import DetectionTrainer
     from soco_d2.methods import get_method, registered_methods
     from soco_d2.methods.soco import SoCoTrainer, add_soco_config, validate_soco_config
@@ -56,5 +56,6 @@ def test_method_registry_and_trainer_choice():
     cfg = add_config(get_cfg())
     cfg.MODEL.META_ARCHITECTURE = "SoCo"
     assert trainer_class(cfg) is SoCoTrainer
+    assert SoCoTrainer.export_spec(cfg) is SOCO_EXPORT  # the trainer is given its export, not looking it up
     cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
     assert trainer_class(cfg) is DetectionTrainer

@@ -16,6 +16,7 @@ import soco_d2  # noqa: F401  (registers the SoCo meta architecture)
 from soco_d2 import add_soco_config
 from soco_d2.config import WEIGHTS_PLACEHOLDER, check_weights_set, load_config
 from soco_d2.export import export_trunk
+from soco_d2.methods import registered_exports
 from soco_d2.methods.soco.export import ONLINE_TRUNK_PREFIXES, SOCO_ONLY_PREFIXES
 from train_helpers import load_script, load_with_report, perturb_weights
 
@@ -78,7 +79,7 @@ def test_exported_trunk_loads_into_stock_mask_rcnn(tmp_path, soco_config, soco_o
     online = {k for k in trained if k.startswith(ONLINE_TRUNK_PREFIXES)}
     assert any(k.startswith(head_prefix) for k in online)
 
-    summary = export_trunk(str(tmp_path / "model_final.pth"), str(tmp_path / "trunk.pth"))
+    summary = export_trunk(str(tmp_path / "model_final.pth"), str(tmp_path / "trunk.pth"), registered_exports())
     assert summary["kept"] == len(online) and summary["renamed"] == 0
     assert {"projector", "predictor", "target.backbone", "target.roi_heads"} <= set(summary["dropped"])
 
@@ -133,17 +134,17 @@ def test_converter_cli_and_clear_errors(tmp_path, capsys):
     assert not [p for p in os.listdir(dst.parent) if p != "trunk.pth"]  # no temporary file left
 
     with pytest.raises(FileNotFoundError, match="nope.pth"):
-        export_trunk(str(tmp_path / "nope.pth"), str(dst))
+        export_trunk(str(tmp_path / "nope.pth"), str(dst), registered_exports())
     assert main([str(tmp_path / "nope.pth"), str(dst)]) == 1
 
     detector_only = tmp_path / "mask_rcnn.pth"
     torch.save({"model": {"backbone.a.weight": torch.ones(1), "roi_heads.box_predictor.w": torch.ones(1)}}, detector_only)
     with pytest.raises(ValueError, match=r"mask_rcnn\.pth is not a SoCo checkpoint.*projector\.\*"):
-        export_trunk(str(detector_only), str(dst))
+        export_trunk(str(detector_only), str(dst), registered_exports())
     with pytest.raises(ValueError, match=r"no online trunk.*backbone\."):
-        export_trunk({"projector.w": torch.ones(1)}, str(dst))
+        export_trunk({"projector.w": torch.ones(1)}, str(dst), registered_exports())
     with pytest.raises(ValueError, match=r"\.pth"):
-        export_trunk(str(src), str(tmp_path / "trunk.pkl"))
+        export_trunk(str(src), str(tmp_path / "trunk.pkl"), registered_exports())
 
 
 def test_converter_method_flag_and_renames(tmp_path, capsys):
@@ -169,7 +170,7 @@ def test_export_hook_writes_trunk_after_the_last_iteration(tmp_path):
 
     model = types.SimpleNamespace(state_dict=tiny_state)
     ddp = types.SimpleNamespace(module=model)  # the hook unwraps DistributedDataParallel
-    hook = ExportTrunkHook(str(tmp_path))
+    hook = ExportTrunkHook(str(tmp_path), registered_exports())
     hook.trainer = types.SimpleNamespace(model=ddp, iter=4, max_iter=10)
     hook.after_train()  # stopped early: nothing written
     assert not os.path.exists(tmp_path / "model_final_trunk.pth")
@@ -278,7 +279,7 @@ def test_finetune_from_exported_tiny_soco_checkpoint(tmp_path):
     names = _register_synthetic(tmp_path / "synthetic")
     soco_cfg = make_cfg(os.path.join(CONFIGS, "Base-SoCo-R50-FPN.yaml"), R18 + NARROW + BN_EVERYWHERE + SMALL_PROJECTOR)
     trained = save_trained_soco_checkpoint(soco_cfg, tmp_path / "model_final.pth")
-    export_trunk(str(tmp_path / "model_final.pth"), str(tmp_path / "trunk.pth"), verbose=False)
+    export_trunk(str(tmp_path / "model_final.pth"), str(tmp_path / "trunk.pth"), registered_exports(), verbose=False)
 
     cfg = make_cfg(os.path.join(TRANSFER, "mask_rcnn_R18_FPN_synthetic.yaml"), NARROW + [
         "MODEL.ROI_MASK_HEAD.CONV_DIM", 64,

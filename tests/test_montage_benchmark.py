@@ -65,7 +65,8 @@ def test_pretraining_sees_only_the_finetuning_labels(bench, tmp_path):
 def test_configs_of_the_study_fit_together(bench):
     from detectron2.config import get_cfg
 
-    from soco_d2.config import add_config, load_config
+    from soco_d2 import add_config
+    from soco_d2.config import load_config
 
     fine = load_config(add_config(get_cfg()), os.path.join(REPO_ROOT, bench.FINETUNE_CONFIG))
     for spec in bench.PRETRAIN.values():

@@ -9,8 +9,10 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 import soco_d2  # noqa: F401  (registers the Montage meta architecture)
-from soco_d2.config import add_config, load_config
+from soco_d2 import add_config
+from soco_d2.config import load_config
 from soco_d2.export import export_trunk, find_export_spec
+from soco_d2.methods import registered_exports
 from soco_d2.methods.montage.export import MONTAGE_EXPORT
 from train_helpers import load_with_report, perturb_weights
 
@@ -33,7 +35,7 @@ def exported_r50(tmp_path_factory):
     cfg = make_cfg(os.path.join(MONTAGE, "montage_R50_coco_2017_train.yaml"), ["MODEL.RESNETS.NORM", "BN"])
     trained = perturb_weights(build_model(cfg))
     torch.save({"model": trained, "iteration": 5}, tmp / "model_final.pth")
-    summary = export_trunk(str(tmp / "model_final.pth"), str(tmp / "trunk.pth"))
+    summary = export_trunk(str(tmp / "model_final.pth"), str(tmp / "trunk.pth"), registered_exports())
     return trained, summary, str(tmp / "trunk.pth")
 
 
@@ -51,7 +53,7 @@ def test_export_keeps_the_backbone_under_detectron2_names(exported_r50):
     assert summary["aliased"] == len(weights) - len(backbone) and summary["renamed"] == 0
     # aliases are the same tensors: stored once
     assert weights["backbone.bottom_up.stem.conv1.weight"].data_ptr() == weights["backbone.stem.conv1.weight"].data_ptr()
-    assert find_export_spec(list(trained)) is MONTAGE_EXPORT
+    assert find_export_spec(list(trained), registered_exports()) is MONTAGE_EXPORT
 
 
 @pytest.mark.parametrize("zoo, resnet_prefix", [
@@ -82,7 +84,7 @@ def test_exported_backbone_loads_into_stock_detectors(exported_r50, zoo, resnet_
 def test_synthetic_transfer_config_loads_an_r18_montage_backbone(tmp_path):
     cfg = make_cfg(os.path.join(MONTAGE, "montage_demo_synthetic.yaml"))
     trained = perturb_weights(build_model(cfg))
-    export_trunk({"model": trained}, str(tmp_path / "trunk.pth"))
+    export_trunk({"model": trained}, str(tmp_path / "trunk.pth"), registered_exports())
     det_cfg = make_cfg(os.path.join(TRANSFER, "faster_rcnn_R18_FPN_synthetic.yaml"),
                        ["MODEL.WEIGHTS", str(tmp_path / "trunk.pth")])
     report = load_with_report(build_model(det_cfg), det_cfg.MODEL.WEIGHTS)
@@ -97,7 +99,7 @@ def test_soco_trunks_load_into_the_montage_backbone(tmp_path, soco_config):
         "MODEL.SOCO.HEAD_NORM", "BN", "MODEL.SOCO.PROJECTOR_HIDDEN_DIM", 64,
         "MODEL.SOCO.PREDICTOR_HIDDEN_DIM", 64, "MODEL.SOCO.PROJECTOR_DIM", 32])
     soco_state = perturb_weights(build_model(soco_cfg))
-    export_trunk({"model": soco_state}, str(tmp_path / "soco_trunk.pth"))
+    export_trunk({"model": soco_state}, str(tmp_path / "soco_trunk.pth"), registered_exports())
     montage = build_model(make_cfg(os.path.join(MONTAGE, "montage_R50_coco_2017_train.yaml"),
                                    ["MODEL.RESNETS.NORM", "BN"]))
     report = load_with_report(montage, str(tmp_path / "soco_trunk.pth"))

@@ -11,7 +11,8 @@ from detectron2.config import get_cfg
 from detectron2.data.datasets import load_coco_json
 from detectron2.modeling import build_model
 
-from soco_d2.config import add_config, load_config
+from soco_d2 import add_config
+from soco_d2.config import load_config
 from soco_d2.methods.montage.pseudo_labels import (
     PseudoLabelHook, compute_pseudo_labels, kmeans, match_clusters, table_offsets,
 )

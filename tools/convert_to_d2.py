@@ -25,7 +25,7 @@ except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from soco_d2.export import export_trunk, find_export_spec, read_state_dict  # noqa: E402
-from soco_d2.methods import get_method, registered_methods  # noqa: E402
+from soco_d2.methods import get_method, registered_exports, registered_methods  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -45,11 +45,13 @@ def main(argv=None) -> int:
     from detectron2.utils.logger import setup_logger
 
     logger = setup_logger(name="soco_d2", abbrev_name="soco_d2")
-    spec = get_method(args.method).export if args.method else None
+    # The registry is asked here; the exporter is given the declaration, or every method's to
+    # find the checkpoint's among by its keys.
+    spec = get_method(args.method).export if args.method else registered_exports()
     try:
         if args.also_keep:
-            if spec is None:
-                spec = find_export_spec(list(read_state_dict(args.input)), args.input)
+            if not args.method:
+                spec = find_export_spec(list(read_state_dict(args.input)), spec, args.input)
             spec = dataclasses.replace(spec, keep=spec.keep + tuple(args.also_keep))
         # The key map is printed here, not logged: the library's logger may already have been
         # set up (or silenced) by whoever called main() before in this process.

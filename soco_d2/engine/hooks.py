@@ -2,7 +2,7 @@
 export when training ends, and the per-iteration seed of random draws inside the forward."""
 import logging
 import os
-from typing import Optional
+from typing import Sequence, Union
 
 import numpy as np
 import torch
@@ -47,11 +47,12 @@ class ExportTrunkHook(HookBase):
     (an exception), as Detectron2's PeriodicCheckpointer does for ``model_final.pth``.
 
     Args:
-        spec: the method's export declaration; None: found from the model's keys.
+        spec: the export declaration of the method that trains (or declarations to find it
+            among by the model's keys, see :func:`export_trunk`).
     """
 
-    def __init__(self, output_dir: str, filename: str = "model_final_trunk.pth",
-                 spec: Optional[ExportSpec] = None):
+    def __init__(self, output_dir: str, spec: Union[ExportSpec, Sequence[ExportSpec]],
+                 filename: str = "model_final_trunk.pth"):
         self.path = os.path.join(output_dir, filename)
         self.spec = spec
 

@@ -5,6 +5,7 @@ what differs, at least :meth:`PretrainTrainer.build_mapper`.
 """
 import logging
 import os
+from typing import Optional
 
 import torch
 
@@ -15,9 +16,9 @@ from detectron2.utils.logger import setup_logger
 from ..config.checks import check_datasets
 from ..data import num_images
 from ..data.loader import build_pretrain_loader, data_stream_of
+from ..export import ExportSpec
 from ..solver import build_soco_optimizer, resolve_epochs
 from ..utils.atomic_io import atomic_write_bytes
-from ..methods import get_method
 from .ddp import finish_trainer_init
 from .hooks import ExportTrunkHook, MomentumUpdateHook
 from .monitors import LOG_PERIOD, ModelMonitorHook, ProbeHook, UpdateRatioHook
@@ -41,12 +42,15 @@ class PretrainTrainer(DefaultTrainer):
     momentum target (``update_target``, see :class:`soco_d2.modeling.MomentumTarget`) gets
     :class:`MomentumUpdateHook`, whose schedule is a function of the iteration only.
 
-    Subclasses define :meth:`build_mapper` and may set :attr:`ddp_kwargs` and override
-    :meth:`export_spec`.
+    Subclasses define :meth:`build_mapper` and :attr:`export` (or :meth:`export_spec`), and may
+    set :attr:`ddp_kwargs`.
     """
 
     #: Extra DistributedDataParallel arguments of the method (e.g. find_unused_parameters).
     ddp_kwargs: dict = {}
+    #: What the run exports when it ends, declared by the method
+    #: (``soco_d2/methods/<method>/export.py``).
+    export: Optional[ExportSpec] = None
 
     def __init__(self, cfg):
         # DefaultTrainer.__init__ is skipped on purpose; TrainerBase's is what it calls first.
@@ -78,12 +82,12 @@ class PretrainTrainer(DefaultTrainer):
         raise NotImplementedError(f"{cls.__name__} must define build_mapper(cfg)")
 
     @classmethod
-    def export_spec(cls, cfg):
-        """What the run exports when it ends: the method's declaration (None for an
-        unregistered architecture: found from the checkpoint's keys). A method whose export
-        depends on its config overrides this."""
-        method = get_method(cfg.MODEL.META_ARCHITECTURE)
-        return method and method.export
+    def export_spec(cls, cfg) -> ExportSpec:
+        """What the run exports when it ends: :attr:`export`. A method whose export depends on
+        its config overrides this."""
+        if cls.export is None:
+            raise NotImplementedError(f"{cls.__name__} must set export (its ExportSpec) or define export_spec(cfg)")
+        return cls.export
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -149,7 +153,7 @@ class PretrainTrainer(DefaultTrainer):
             ret.insert(2, MomentumUpdateHook(model.base_momentum, name))
         # model_final_trunk.pth: the trunk as Detectron2 weights, when training ends, as the
         # method declares it (soco_d2/methods/<method>/export.py).
-        ret.append(ExportTrunkHook(self.cfg.OUTPUT_DIR, spec=self.export_spec(self.cfg)))
+        ret.append(ExportTrunkHook(self.cfg.OUTPUT_DIR, self.export_spec(self.cfg)))
         # Learning monitors (engine/monitors.py), before the writers so that what they put in
         # the event storage is written at the same iteration.
         writer = next((i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicWriter)), len(ret))

@@ -2,17 +2,18 @@
 
 A method's folder (``soco_d2/methods/soco/`` ...) registers it on import with
 :func:`register_method`, declaring what the rest of the package needs to know about it.
-``train_net.py`` looks the config's META_ARCHITECTURE up here; an architecture that is not
-registered is a Detectron2 detector to fine-tune or evaluate.
+``train_net.py`` and ``tools/convert_to_d2.py`` look methods up here (an architecture that is not
+registered is a Detectron2 detector to fine-tune or evaluate) and hand the trainer and the
+exporter what they need: this registry is a leaf, it imports neither the engine nor the export
+(only the shared config keys), and nothing of the shared pieces imports it.
 """
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Type
+from typing import Callable, Dict, List, Optional
 
-if TYPE_CHECKING:  # both import this module
-    from ..engine.trainer import PretrainTrainer
-    from ..export import ExportSpec
+from ..config.common import add_common_config
 
-__all__ = ["PretrainMethod", "register_method", "get_method", "registered_methods"]
+__all__ = ["PretrainMethod", "register_method", "get_method", "registered_methods", "registered_exports",
+           "add_config"]
 
 
 @dataclass(frozen=True)
@@ -24,14 +25,15 @@ class PretrainMethod:
         add_config: ``cfg -> cfg``, adds its keys (and the shared ones) to a config.
         validate_config: ``cfg -> None``, raises ``ConfigError`` naming every wrong value.
         trainer: its trainer, a ``soco_d2.engine.PretrainTrainer`` subclass.
-        export: its ``soco_d2.export.ExportSpec``: what it hands to a detector.
+        export: its ``soco_d2.export.ExportSpec``: what it hands to a detector (for a checkpoint
+            found to be this method's; a run exports what its trainer declares).
     """
 
     name: str
     add_config: Callable
     validate_config: Callable
-    trainer: Type["PretrainTrainer"]
-    export: "ExportSpec"
+    trainer: type
+    export: object
 
 
 _METHODS: Dict[str, PretrainMethod] = {}
@@ -58,3 +60,21 @@ def get_method(meta_architecture: str) -> Optional[PretrainMethod]:
 def registered_methods() -> List[PretrainMethod]:
     """Every registered method, in registration order."""
     return list(_METHODS.values())
+
+
+def registered_exports() -> list:
+    """Every registered method's export declaration, in registration order: what the exporter
+    (``soco_d2.export.export_trunk``) matches a checkpoint of unknown method against."""
+    return [method.export for method in _METHODS.values()]
+
+
+def add_config(cfg):
+    """Add the shared keys and the keys of every registered pretraining method (in place).
+
+    Returns:
+        ``cfg``.
+    """
+    add_common_config(cfg)
+    for method in registered_methods():
+        method.add_config(cfg)
+    return cfg

@@ -229,7 +229,8 @@ def build_frozen_trunk(config_file: str, weights: str, device: str) -> BoxFeatur
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
-    from ...config import add_config, load_config
+    from .. import add_config
+    from ...config import load_config
     from ...evaluation.probe import trunk_from_detector
 
     cfg = get_cfg()

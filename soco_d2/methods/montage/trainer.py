@@ -6,6 +6,7 @@ from ...config.checks import ConfigError, check_datasets, raise_problems
 from ...data.loader import build_pretrain_loader, load_pretrain_records
 from ...engine.trainer import PretrainTrainer
 from .config import check_montage_files, class_count_problem
+from .export import MONTAGE_EXPORT
 from .mapper import MontageDatasetMapper
 from .pseudo_labels import PseudoLabelHook, build_frozen_trunk
 from .samples import sample_records
@@ -74,6 +75,8 @@ class MontageTrainer(PretrainTrainer):
     DATASETS.TRAIN leads one montage per epoch, its partners drawn from the whole set
     (``mapper.py``). Label-free (INPUT.MONTAGE.SAMPLES "proposals"): :class:`PseudoLabelHook`
     computes and refreshes the pseudo-classes (``pseudo_labels.py``)."""
+
+    export = MONTAGE_EXPORT
 
     def __init__(self, cfg):
         check_montage_data(cfg)  # before anything is built

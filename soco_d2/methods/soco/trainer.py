@@ -1,6 +1,7 @@
 """SoCoTrainer: the shared PretrainTrainer with SoCo's three-view mapper."""
 from ...data.loader import build_pretrain_loader
 from ...engine.trainer import PretrainTrainer
+from .export import SOCO_EXPORT
 from .mapper import SoCoDatasetMapper
 
 __all__ = ["SoCoTrainer", "build_soco_train_loader"]
@@ -13,6 +14,7 @@ class SoCoTrainer(PretrainTrainer):
     # The FPN levels computed change from step to step (only levels some box is assigned to
     # run, see fpn_levels.py).
     ddp_kwargs = {"find_unused_parameters": True}
+    export = SOCO_EXPORT
 
     @classmethod
     def build_mapper(cls, cfg):
