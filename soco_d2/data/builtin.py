@@ -33,6 +33,17 @@ def datasets_root() -> str:
     return os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
 
 
+def shared_data_dir(name: str = "") -> str:
+    """``$SOCO_SHARED_DATA/<name>``, or ``<repo>/../shared/data/<name>``: where the real-photo
+    sets (coco_sample, imagenette_160, aquarium) are read from, never copied."""
+    root = os.getenv("SOCO_SHARED_DATA")
+    if not root:
+        repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        root = os.path.join(os.path.dirname(repo), "shared", "data")
+    root = os.path.expanduser(root)
+    return os.path.join(root, name) if name else root
+
+
 def synthetic_proposal_file(root: str, split: str) -> str:
     return os.path.join(root, SYNTHETIC_DIRNAME, f"proposals_{split}.pkl")
 

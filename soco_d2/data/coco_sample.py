@@ -30,7 +30,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
 from ..utils.atomic_io import atomic_write_json
-from .builtin import datasets_root
+from .builtin import datasets_root, shared_data_dir
 from .pretrain_datasets import load_soco_images
 
 __all__ = [
@@ -47,12 +47,9 @@ VAL_EVERY = 5  # every 5th image (sorted position % 5 == 4) is a val image
 
 
 def coco_sample_dir() -> str:
-    """``$SOCO_COCO_SAMPLE``, or ``../shared/data/coco_sample`` next to the repository."""
+    """``$SOCO_COCO_SAMPLE``, or ``coco_sample`` of the shared data (``builtin.shared_data_dir``)."""
     env = os.getenv("SOCO_COCO_SAMPLE")
-    if env:
-        return os.path.expanduser(env)
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    return os.path.join(os.path.dirname(repo), "shared", "data", "coco_sample")
+    return os.path.expanduser(env) if env else shared_data_dir("coco_sample")
 
 
 def coco_sample_split_paths(datasets_root: str) -> Dict[str, str]:
