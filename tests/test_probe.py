@@ -13,11 +13,14 @@ from soco_d2 import add_config
 from soco_d2.config import load_config
 from soco_d2.evaluation.probe import (
     ProbeImage,
+    balanced_accuracy,
     dead_fraction,
     effective_rank,
     extract_box_features,
     knn_accuracy,
+    knn_predict,
     linear_probe_accuracy,
+    linear_probe_predict,
     load_probe_images,
     probe_trunk,
     reestimate_bn,
@@ -51,6 +54,34 @@ def test_knn_and_linear_separate_clusters_and_fall_to_chance_on_noise():
     noise = torch.randn(feats.shape, generator=torch.Generator().manual_seed(1))
     assert knn_accuracy(noise, labels, owner) < 0.6
     assert linear_probe_accuracy(noise, labels, owner) < 0.6
+
+
+def test_balanced_accuracy_is_the_mean_recall_of_the_classes():
+    labels = torch.tensor([0] * 9 + [1])
+    always_commonest = torch.zeros(10, dtype=torch.int64)
+    assert float((always_commonest == labels).float().mean()) == pytest.approx(0.9)
+    assert balanced_accuracy(always_commonest, labels) == pytest.approx(0.5)  # chance for 2 classes
+    assert balanced_accuracy(labels.clone(), labels) == 1.0
+    # one of 3 class-1 boxes right, all 2 of class 2, half of class 0: mean(1/2, 1/3, 1)
+    labels = torch.tensor([0, 0, 1, 1, 1, 2, 2])
+    pred = torch.tensor([0, 1, 1, 0, 2, 2, 2])
+    assert balanced_accuracy(pred, labels) == pytest.approx((0.5 + 1 / 3 + 1.0) / 3)
+
+
+def test_unbalanced_probe_set_balanced_figures_stay_at_chance_for_noise():
+    # 90% of the boxes in class 0 and features carrying no class at all: plain kNN accuracy
+    # is high by guessing the commonest class, the balanced one stays near 1/3.
+    g = torch.Generator().manual_seed(0)
+    labels = torch.tensor([0] * 270 + [1] * 15 + [2] * 15)
+    feats = torch.randn(300, 16, generator=g)
+    owner = torch.arange(300)
+    pred = knn_predict(feats, labels, owner)
+    assert float((pred == labels).float().mean()) > 0.8
+    assert balanced_accuracy(pred, labels) < 0.45
+    accuracy, linear = linear_probe_predict(feats, labels, owner)
+    assert (linear >= 0).all()  # every box was tested in one of the two folds
+    assert accuracy == pytest.approx(linear_probe_accuracy(feats, labels, owner))
+    assert balanced_accuracy(linear, labels) < 0.5
 
 
 def test_effective_rank_counts_the_directions_boxes_spread_along():
@@ -133,7 +164,8 @@ def test_probe_trunk_leaves_the_model_untouched(tiny_images):
     assert result["num_images"] == len(images) and result["num_boxes"] >= len(images)
     feats, labels, owner = extract_box_features(trunk_from_detector(model), images)
     assert feats["head"].shape == (result["num_boxes"], 64) and feats["pooled"].shape[1] == 32
-    for key in ("knn_head", "linear_head", "knn_pooled", "linear_pooled", "dead_head"):
+    for key in ("knn_head", "linear_head", "knn_pooled", "linear_pooled", "dead_head",
+                "knn_head_bal", "linear_head_bal", "knn_pooled_bal", "linear_pooled_bal"):
         assert 0.0 <= result[key] <= 1.0
     assert 1.0 <= result["erank_head"] <= min(result["num_boxes"], 64)
 
@@ -157,3 +189,14 @@ def test_probe_tool_compares_trunks(tiny_images, tmp_path, capsys):
     assert set(rows) == {"random", str(tmp_path / "w.pth")}
     # the saved weights ARE the random initialisation of seed 0: same figures
     assert rows["random"]["knn_head"] == rows[str(tmp_path / "w.pth")]["knn_head"]
+
+
+def test_linear_folds_do_not_follow_a_periodic_image_order():
+    # Classes taking turns image by image (as the Imagenette probe sets are ordered): folds by
+    # image parity would train on the odd classes only and test on the even ones (accuracy 0).
+    labels = torch.arange(200) % 10
+    feats = torch.nn.functional.one_hot(labels, 16).float() * 3
+    feats = feats + torch.randn(feats.shape, generator=torch.Generator().manual_seed(0))
+    owner = torch.arange(200)
+    accuracy, pred = linear_probe_predict(feats, labels, owner)
+    assert accuracy > 0.5 and balanced_accuracy(pred, labels) > 0.5  # chance 0.1

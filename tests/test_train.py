@@ -5,6 +5,7 @@ import socket
 
 import pytest
 import torch
+from detectron2.data import DatasetCatalog
 from detectron2.engine import launch
 
 from train_helpers import TrainArgs, dataset_opts
@@ -128,15 +129,20 @@ def test_cpu_mixed_precision_fits_the_cpu(tiny_images, tmp_path, monkeypatch, na
     assert ("bf16 autocast" if native_bf16 else "no native bf16") in log
 
 
+def _probe_set(tiny_images, name="test_probe_det") -> str:
+    """The tiny scenes with their labels as a registered detection set (once per process)."""
+    from detectron2.data.datasets import register_coco_instances
+
+    if name not in DatasetCatalog.list():
+        register_coco_instances(name, {}, *tiny_images)
+    return name
+
+
 def test_probe_hook_measures_initialisation_and_end(tiny_images, tmp_path):
     """TEST.PROBE.DATASET set: the probe runs before the first step and after the last, into
     metrics.json (kNN / linear accuracies in [0, 1]) and the log."""
-    from detectron2.data.datasets import register_coco_instances
-
-    json_file, image_root = tiny_images
-    register_coco_instances("test_probe_det", {}, json_file, image_root)
     opts = _opts(tiny_images, tmp_path) + [
-        "SOLVER.MAX_ITER", "3", "TEST.PROBE.DATASET", "test_probe_det", "TEST.PROBE.PERIOD", "1",
+        "SOLVER.MAX_ITER", "3", "TEST.PROBE.DATASET", _probe_set(tiny_images), "TEST.PROBE.PERIOD", "1",
     ]
     _train_and_dump(opts, str(tmp_path))
     with open(tmp_path / "probe.json") as f:
@@ -154,6 +160,26 @@ def test_probe_hook_measures_initialisation_and_end(tiny_images, tmp_path):
     log = (tmp_path / "log.txt").read_text()
     assert "Probe of the trunk (initialisation, iteration 0)" in log
     assert "Probe of the trunk (final, iteration 2)" in log
+
+
+def test_probe_hook_also_probes_the_stored_bn_statistics(tiny_images, tmp_path):
+    """TEST.PROBE.STORED_BN: each probe is also run without re-estimating BatchNorm, logged as
+    probe_stored_bn/*; at initialisation the stored statistics are (0, 1), not the images'."""
+    opts = _opts(tiny_images, tmp_path) + [
+        "SOLVER.MAX_ITER", "2", "TEST.PROBE.DATASET", _probe_set(tiny_images), "TEST.PROBE.STORED_BN", "True",
+    ]
+    _train_and_dump(opts, str(tmp_path))
+    with open(tmp_path / "probe.json") as f:
+        probes = json.load(f)["probes"]
+    assert [p["when"] for p in probes] == ["initialisation", "final"]
+    for p in probes:
+        stored = p["stored_bn"]
+        assert stored["num_boxes"] == p["num_boxes"] and 0.0 <= stored["knn_head_bal"] <= 1.0
+    # different statistics, different features: the effective ranks differ
+    assert probes[0]["stored_bn"]["erank_pooled"] != pytest.approx(probes[0]["erank_pooled"])
+    with open(tmp_path / "metrics.json") as f:
+        last = [json.loads(line) for line in f][-1]
+    assert last["probe_stored_bn/knn_head"] == probes[-1]["stored_bn"]["knn_head"]
 
 
 def test_soco_from_weights_starts_with_the_target_as_a_copy(tiny_images, tmp_path):

@@ -70,4 +70,7 @@ def add_common_config(cfg):
     _C.TEST.PROBE.MAX_SIZE = 0
     # Probe the first MAX_IMAGES images that have boxes; 0: all of them.
     _C.TEST.PROBE.MAX_IMAGES = 0
+    # Also probe with the trunk's stored BatchNorm statistics (probe_stored_bn/*), besides the
+    # statistics re-estimated on the probe images (probe/*).
+    _C.TEST.PROBE.STORED_BN = False
     return cfg

@@ -134,6 +134,11 @@ def _group_label(group: dict, index: int) -> str:
     return "decay" if group.get("weight_decay", 0) else f"{index}_no_decay"
 
 
+def _probe_scalars(prefix: str, result: dict) -> Dict[str, float]:
+    return {f"{prefix}/{k}": v for k, v in result.items()
+            if k.startswith(("knn_", "linear_", "erank_", "dead_"))}
+
+
 class ProbeHook(HookBase):
     """The probe (:mod:`soco_d2.evaluation.probe`) of the model's trunk, like Detectron2's
     EvalHook: before the first step (the initialisation), every ``period`` iterations
@@ -148,16 +153,21 @@ class ProbeHook(HookBase):
         min_size, max_size: test-time resize of the probe images (0: as stored).
         max_images: use the first ``max_images`` images with boxes (0: all).
         output_dir: where ``probe.json`` (every probe of the run, with its iteration) goes.
+        stored_bn: also probe with the trunk's stored BatchNorm statistics (no re-estimation
+            on the probe images), as ``probe_stored_bn/*``: a gain must not depend on one way
+            of probing.
     """
 
     def __init__(self, dataset_name: str, period: int, image_format: str, min_size: int = 0,
-                 max_size: int = 0, max_images: int = 0, output_dir: str = ""):
+                 max_size: int = 0, max_images: int = 0, output_dir: str = "",
+                 stored_bn: bool = False):
         self.dataset_name = dataset_name
         self.path = os.path.join(output_dir, "probe.json") if output_dir else ""
         self.history: List[dict] = []
         self.period = int(period)
         self.image_format, self.min_size, self.max_size = image_format, min_size, max_size
         self.max_images = int(max_images)
+        self.stored_bn = bool(stored_bn)
         self._images = None
 
     def _probe(self, when: str) -> None:
@@ -170,12 +180,15 @@ class ProbeHook(HookBase):
             model = getattr(self.trainer.model, "module", self.trainer.model)
             start = time.perf_counter()
             result = probe_trunk(model.probe_trunk(), self._images)
-            scalars = {f"probe/{k}": v for k, v in result.items()
-                       if k.startswith(("knn_", "linear_", "erank_", "dead_"))}
+            scalars = _probe_scalars("probe", result)
+            entry = {"iteration": self.trainer.iter, "when": when, **result}
+            if self.stored_bn:
+                entry["stored_bn"] = probe_trunk(model.probe_trunk(), self._images, reestimate=False)
+                scalars.update(_probe_scalars("probe_stored_bn", entry["stored_bn"]))
             self.trainer.storage.put_scalars(**scalars, smoothing_hint=False)
             # Every probe also goes to OUTPUT_DIR/probe.json: metrics.json keeps only the
             # latest value of a key between two writes of the event writers.
-            self.history.append({"iteration": self.trainer.iter, "when": when, **result})
+            self.history.append(entry)
             if self.path:
                 atomic_write_json(self.path, {"dataset": self.dataset_name, "probes": self.history}, indent=1)
             logger.info(

@@ -167,6 +167,7 @@ class PretrainTrainer(DefaultTrainer):
             monitors.append(ProbeHook(
                 probe.DATASET, probe.PERIOD, self.cfg.INPUT.FORMAT,
                 probe.MIN_SIZE, probe.MAX_SIZE, probe.MAX_IMAGES, self.cfg.OUTPUT_DIR,
+                stored_bn=probe.STORED_BN,
             ))
         ret[writer:writer] = monitors
         return ret
