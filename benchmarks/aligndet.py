@@ -41,10 +41,8 @@ run as a subprocess; a finished run is reused, an interrupted one resumed). ``--
 smoke test of the whole pipeline in minutes (2 AlignDet and 4 fine-tuning iterations, seed 0,
 and a 3-iteration SoCo trunk made on the spot when ``--soco-trunk`` does not exist).
 """
-import argparse
 import os
 import sys
-import time
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 if BENCH_DIR not in sys.path:
@@ -52,10 +50,9 @@ if BENCH_DIR not in sys.path:
 
 import harness  # noqa: E402
 from harness import (  # noqa: E402
-    REPO_ROOT, config_max_iter, keep_prefixes, log, missing_trunk_keys, new_result, paired_gain_bar, rel,
-    resolve_output_paths, run_finetuning, run_pretraining, scaled_schedule, write_json,
+    REPO_ROOT, fmt, keep_prefixes, log, missing_trunk_keys, paired_gain_bar, rel, run_pretraining,
+    scaled_schedule,
 )
-from transfer import prepare_data  # noqa: E402  (the embedded scenes and their proposals)
 
 # Arm -> its name in tables; the first arm is the baseline the others are paired with.
 # "AlignDet" is the SoCo trunk after AlignDet pretraining.
@@ -88,11 +85,10 @@ DETECTORS = {
                            "aligndet_no_box_head": ("backbone.",)},  # FPN with P6/P7, random head
     },
 }
-COMMON_FINETUNE_OPTS = ["MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "1"]
 QUICK = {"soco_iters": 3, "aligndet_iters": 2, "finetune_iters": 4, "precise_bn_iters": 2}
 
 
-# ------------------------------------------------------------------------------ schedules
+# ------------------------------------------------------------------------------ pretraining
 def soco_trunk(args) -> str:
     """The SoCo trunk of the baseline arm; in quick mode, made on the spot when missing."""
     path = os.path.join(REPO_ROOT, args.soco_trunk) if not os.path.isabs(args.soco_trunk) else args.soco_trunk
@@ -127,132 +123,87 @@ def aligndet_opts(args, trunk: str, output_dir: str) -> list:
     return opts + list(args.aligndet_opts)
 
 
-def pretrain_aligndet(args, trunk: str) -> dict:
-    """AlignDet on top of the SoCo trunk; its record says which SoCo keys did not load."""
-    spec = DETECTORS[args.detector]
-    output_dir = os.path.join(args.output_root, f"aligndet_{args.detector}")
-    record = run_pretraining(f"[aligndet {args.detector}]", {"method": "AlignDet", "soco_trunk": rel(trunk)},
-                             spec["pretrain_config"], aligndet_opts(args, trunk, output_dir), output_dir,
-                             args.keep_checkpoints)
-    _, not_loaded = missing_trunk_keys(output_dir, spec["trunk_prefixes"]["soco"])
-    record["soco_keys_not_loaded"] = not_loaded
-    if not_loaded:
-        log(f"WARNING: the AlignDet model did not load these SoCo trunk keys (shapes differ?): {not_loaded}")
-    return record
-
-
-# ------------------------------------------------------------------------------- fine-tuning
-def finetune_opts(args, arm: str, seed: int, weights: dict, output_dir: str):
-    opts = ["MODEL.WEIGHTS", rel(weights[arm]) if weights.get(arm) else ""] + list(COMMON_FINETUNE_OPTS)
-    iters = QUICK["finetune_iters"] if args.quick else args.finetune_iters
-    if iters:  # the configs' schedule (warmup 20 of 200, step at 150) scaled
-        opts += scaled_schedule(iters, 0.1, (0.75,))
-    if args.quick:  # and 20 instead of 100 test proposals: the 4conv head dominates inference
-        opts += ["TEST.PRECISE_BN.NUM_ITER", str(QUICK["precise_bn_iters"]),
-                 "MODEL.RPN.POST_NMS_TOPK_TEST", "20"]
-    return opts + ["SEED", str(seed), "OUTPUT_DIR", rel(output_dir)]
-
-
-def finetune_max_iter(args, config_file: str) -> int:
-    iters = QUICK["finetune_iters"] if args.quick else args.finetune_iters
-    return iters or config_max_iter(config_file)
-
-
-def finetune(args, arm: str, seed: int, weights: dict) -> dict:
-    spec = DETECTORS[args.detector]
-    config = args.finetune_config or spec["finetune_config"]
-    output_dir = os.path.join(args.output_root, f"{args.detector}_{arm}_seed{seed}")
-    return run_finetuning(
-        f"[{arm} seed {seed}]", {"dataset": "synthetic", "arm": arm, "seed": seed}, config,
-        finetune_opts(args, arm, seed, weights, output_dir), output_dir, finetune_max_iter(args, config),
-        args.keep_checkpoints, pretrained=arm != "random", trunk_prefixes=spec["trunk_prefixes"].get(arm, ()),
-    )
-
-
 # --------------------------------------------------------------------------------- summary
 def bar(summary: dict) -> dict:
     """The issue's bar: the paired AlignDet - SoCo backbone box-AP gain exceeds 2 of its std."""
     return paired_gain_bar(summary, "synthetic", "delta_aligndet_minus_soco_backbone")
 
 
-# ------------------------------------------------------------------------------------ main
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--soco-trunk", default=DEFAULT_SOCO_TRUNK,
-                   help="the SoCo CPU trunk: its ResNet is the soco_backbone arm; MODEL.WEIGHTS of the soco arm "
-                        "and of AlignDet (default: %(default)s)")
-    p.add_argument("--detector", choices=list(DETECTORS), default="faster_rcnn")
-    p.add_argument("--arms", nargs="+", choices=list(ARMS), default=DEFAULT_ARMS,
-                   help="arms to run; soco_backbone (the baseline) is always run (default: %(default)s)")
-    p.add_argument("--seeds", nargs="+", type=int, default=None,
-                   help="fine-tuning seeds, each run in every arm (default: 0 1 2; --quick: 0)")
-    p.add_argument("--aligndet-iters", type=int, default=0,
-                   help="AlignDet pretraining iterations at batch 16 (default: the config's 160)")
-    p.add_argument("--aligndet-opts", nargs="+", default=[], metavar="KEY VALUE",
-                   help="config overrides of the AlignDet pretraining run (ablations, e.g. SOLVER.BASE_LR 0.02)")
-    p.add_argument("--finetune-iters", type=int, default=0,
-                   help="fine-tuning iterations at batch 8 (default: the config's 200)")
-    p.add_argument("--finetune-config", default=None,
-                   help="fine-tuning config of every arm (default: the detector's *_synthetic_aligndet.yaml)")
-    p.add_argument("--output-root", default=None,
-                   help="folder of all runs (default: output/aligndet_bench, output/aligndet_bench_quick with --quick)")
-    p.add_argument("--out", default=None, help="JSON file for the results (default: OUTPUT_ROOT/aligndet.json)")
-    p.add_argument("--quick", action="store_true", help="smoke test of the pipeline (see the module docstring)")
-    p.add_argument("--keep-checkpoints", action="store_true", help="keep every checkpoint")
-    args = p.parse_args(argv)
-    if len(args.aligndet_opts) % 2:
-        p.error(f"--aligndet-opts takes KEY VALUE pairs, got {len(args.aligndet_opts)} words")
-    if args.seeds is None:
-        args.seeds = [0] if args.quick else [0, 1, 2]
-    args.arms = {arm: ARMS[arm] for arm in ARMS if arm in args.arms or arm == "soco_backbone"}
-    resolve_output_paths(args, "aligndet")
-    return args
+# -------------------------------------------------------------------------------- the study
+class AlignDetStudy(harness.Study):
+    name = "aligndet"
+    description = __doc__
+    arms = ARMS
+    default_arms = DEFAULT_ARMS
+    baseline_always = True
+    quick_seeds = (0,)
+    quick_finetune_iters = QUICK["finetune_iters"]
+    # and 20 instead of 100 test proposals: the 4conv head dominates inference
+    quick_opts = ("TEST.PRECISE_BN.NUM_ITER", str(QUICK["precise_bn_iters"]), "MODEL.RPN.POST_NMS_TOPK_TEST", "20")
+    help = {"finetune_iters": "fine-tuning iterations at batch 8 (default: the config's 200)"}
+
+    def add_arguments(self, parser):
+        parser.add_argument("--soco-trunk", default=DEFAULT_SOCO_TRUNK,
+                            help="the SoCo CPU trunk: its ResNet is the soco_backbone arm; MODEL.WEIGHTS of the "
+                                 "soco arm and of AlignDet (default: %(default)s)")
+        parser.add_argument("--detector", choices=list(DETECTORS), default="faster_rcnn")
+        parser.add_argument("--aligndet-iters", type=int, default=0,
+                            help="AlignDet pretraining iterations at batch 16 (default: the config's 160)")
+        parser.add_argument("--aligndet-opts", nargs="+", default=[], metavar="KEY VALUE",
+                            help="config overrides of the AlignDet pretraining run (ablations, e.g. "
+                                 "SOLVER.BASE_LR 0.02)")
+        parser.add_argument("--finetune-config", default=None,
+                            help="fine-tuning config of every arm (default: the detector's *_synthetic_aligndet.yaml)")
+
+    def check_args(self, parser, args):
+        if len(args.aligndet_opts) % 2:
+            parser.error(f"--aligndet-opts takes KEY VALUE pairs, got {len(args.aligndet_opts)} words")
+
+    def weights(self, run, dataset):
+        """The SoCo trunk, AlignDet on top of it, and the trunks cut out of them."""
+        args, spec = run.args, DETECTORS[run.args.detector]
+        trunk = soco_trunk(args)
+        output_dir = os.path.join(args.output_root, f"aligndet_{args.detector}")
+        pre = run.pretrain("aligndet", spec["pretrain_config"], aligndet_opts(args, trunk, output_dir), output_dir,
+                           tag=f"[aligndet {args.detector}]", labels={"method": "AlignDet", "soco_trunk": rel(trunk)})
+        # the SoCo keys that the AlignDet model did not load (must be none: the shapes match)
+        _, pre["soco_keys_not_loaded"] = missing_trunk_keys(output_dir, spec["trunk_prefixes"]["soco"])
+        run.save()
+        if pre["soco_keys_not_loaded"]:
+            log(f"WARNING: the AlignDet model did not load these SoCo trunk keys (shapes differ?): "
+                f"{pre['soco_keys_not_loaded']}")
+        weights = {"soco_backbone": backbone_only(trunk, os.path.join(args.output_root, "soco_backbone.pth")),
+                   "soco": trunk, "aligndet": os.path.join(REPO_ROOT, pre["trunk"])}
+        if "aligndet_no_box_head" in args.arms:
+            weights["aligndet_no_box_head"] = keep_prefixes(
+                weights["aligndet"], os.path.join(args.output_root, "aligndet_no_box_head.pth"),
+                spec["trunk_prefixes"]["aligndet_no_box_head"])
+        return weights
+
+    def finetune_config_of(self, args, dataset):
+        return args.finetune_config or DETECTORS[args.detector]["finetune_config"]
+
+    def finetune_dir(self, args, dataset, arm, seed):
+        return os.path.join(args.output_root, f"{args.detector}_{arm}_seed{seed}")
+
+    def trunk_prefixes_of(self, args, arm):
+        return DETECTORS[args.detector]["trunk_prefixes"].get(arm, ())
+
+    def settings(self, args):
+        return {"detector": args.detector, "seeds": args.seeds, "quick": args.quick, "arms": self.labels(args.arms),
+                "finetune_config": self.finetune_config_of(args, "synthetic"), "output_root": rel(args.output_root)}
+
+    def result_fields(self, result):
+        return {"bar": bar(result["summary"])}
+
+    def report(self, result, args, minutes):
+        b = result["bar"]
+        return ["", f"AlignDet - SoCo backbone box AP (paired): {fmt(b['paired_gain_mean'])} +- "
+                    f"{fmt(b['paired_gain_std'])}; gain > 2 std: {b['met']}", self.invocation_line(args, minutes)]
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    os.chdir(REPO_ROOT)  # train_net.py, configs and datasets/ are relative to the repo root
-    started = time.time()
-    result = new_result(
-        "aligndet", argv,
-        settings={"detector": args.detector, "seeds": args.seeds, "quick": args.quick, "arms": args.arms,
-                  "finetune_config": args.finetune_config or DETECTORS[args.detector]["finetune_config"],
-                  "output_root": rel(args.output_root)},
-        pretraining={},
-        runs=[],
-    )
-
-    def save():
-        result["summary"] = harness.summarize(result["runs"], args.arms) if result["runs"] else {}
-        result["bar"] = bar(result["summary"])
-        result["wall_s_this_invocation"] = round(time.time() - started, 1)
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        write_json(args.out, result)
-
-    prepare_data("synthetic")
-    trunk = soco_trunk(args)
-    result["pretraining"]["aligndet"] = pre = pretrain_aligndet(args, trunk)
-    save()
-    weights = {"soco_backbone": backbone_only(trunk, os.path.join(args.output_root, "soco_backbone.pth")),
-               "soco": trunk, "aligndet": os.path.join(REPO_ROOT, pre["trunk"])}
-    if "aligndet_no_box_head" in args.arms:
-        weights["aligndet_no_box_head"] = keep_prefixes(
-            weights["aligndet"], os.path.join(args.output_root, "aligndet_no_box_head.pth"),
-            DETECTORS[args.detector]["trunk_prefixes"]["aligndet_no_box_head"])
-    for seed in args.seeds:  # arms interleaved: partial results stay paired
-        for arm in args.arms:
-            result["runs"].append(finetune(args, arm, seed, weights))
-            save()
-
-    save()
-    print()
-    print(harness.format_table(result["summary"], args.arms))
-    b = result["bar"]
-    print(f"\nAlignDet - SoCo backbone box AP (paired): {harness.fmt(b['paired_gain_mean'])} +- "
-          f"{harness.fmt(b['paired_gain_std'])}; gain > 2 std: {b['met']}")
-    print(f"This invocation: {(time.time() - started) / 60:.1f} min. JSON: {rel(args.out)}")
-    return 1 if any(r.get("failed") for r in result["runs"]) else 0
-
+STUDY = AlignDetStudy()
+parse_args, main = STUDY.parse_args, STUDY.main
 
 if __name__ == "__main__":
     sys.exit(main())

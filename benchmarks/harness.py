@@ -1,5 +1,53 @@
-"""The benchmark harness every method's transfer study shares (``benchmarks/transfer.py`` is
-SoCo's).
+"""The harness and the one driver of every transfer study (``benchmarks/transfer.py`` is SoCo's,
+``benchmarks/aligndet.py`` AlignDet's, ``benchmarks/montage.py`` Montage's).
+
+A study compares arms: detectors fine-tuned with the same config, schedule and seeds, that differ
+only in MODEL.WEIGHTS (random init, or the trunk some pretraining exported). Its file declares
+what differs; :class:`Study` runs it: the command line, the data, the pretraining runs, the
+fine-tuning runs (every seed in every arm, arms interleaved so that partial results stay
+paired), the JSON (written after every run) and the table.
+
+How a study is declared (a subclass of :class:`Study`, its instance run by ``main``)::
+
+    class RealStudy(harness.Study):
+        name = "real"                    # benchmarks/real.py, output/real_bench/real.json
+        description = __doc__            # --help
+        datasets = ("aquarium",)         # the fine-tuning set; several add a --datasets flag
+        arms = {"random": "random", "soco": "SoCo", "aligndet": "SoCo -> AlignDet"}  # first: baseline
+        default_arms = list(arms)
+        finetune_config = "configs/transfer/faster_rcnn_R18_FPN_aquarium.yaml"
+        pretrainings = {                 # run when an arm needs them, recorded in the JSON
+            "soco": harness.Pretraining("configs/soco/soco_R18_FPN_imagenette_cpu.yaml"),
+            "aligndet": harness.Pretraining("configs/aligndet/...", start_from="soco"),
+        }
+        arm_weights = {"soco": "soco", "aligndet": "aligndet"}  # arm -> pretraining (or a file)
+        trunk_prefixes = {"soco": ("backbone.",), "aligndet": ("backbone.", "proposal_generator.")}
+        box_only = True                  # Faster R-CNN: a box-AP table
+
+        def prepare_data(self, dataset):  # proposals etc. (default: harness.prepare_data)
+            ...
+
+        def result_fields(self, result):  # a bar, beside the default fields (arm_pretraining)
+            bar = harness.paired_gain_bar(result["summary"], "aquarium", "delta_soco_minus_random")
+            return dict(super().result_fields(result), bar=bar)
+
+    STUDY = RealStudy()
+    parse_args, main = STUDY.parse_args, STUDY.main
+
+Declared as attributes (see :class:`Study` for all): ``name``, ``description``, ``datasets``,
+``arms`` / ``default_arms`` / ``baseline_always``, ``seeds`` / ``quick_seeds``,
+``finetune_config``, ``common_finetune_opts`` / ``quick_opts``, ``pretrainings`` /
+``arm_weights`` (beside the table: each such arm's probe, first -> last kNN accuracy, and its
+pretraining wall time, the runs it starts from included), ``trunk_prefixes``, ``paired`` (more
+paired differences than each arm minus the baseline), ``box_only``, ``help``. A study whose
+runs do not fit the declarations overrides a method: :meth:`Study.weights` (its pretraining;
+the three existing studies keep their folders and JSON this way), :meth:`Study.finetune_dir`,
+:meth:`Study.settings` (the JSON's ``settings``), :meth:`Study.result_fields` (bars, probes),
+:meth:`Study.report` (the lines after the table), ``add_arguments`` / ``check_args`` (its own
+flags). The flags every study has: ``--arms --seeds --finetune-iters --output-root --out
+--quick --keep-checkpoints``.
+
+What the driver is made of:
 
 - Every step is ``train_net.py`` run as a subprocess, exactly what a user runs
   (:func:`train_net_cmd`, :func:`run_logged`); records keep each command.
@@ -9,16 +57,17 @@ SoCo's).
   refuse a folder made with other settings (:func:`check_same`). Checkpoints that are no longer
   needed are deleted unless asked to keep them.
 - Reading runs back: ``metrics.json`` (:func:`final_evaluation`, :func:`final_metric`,
-  :func:`iterations_run`), ``config.yaml`` and the trunk keys the detector did not load
-  (:func:`missing_trunk_keys`).
+  :func:`iterations_run`), ``config.yaml``, the trunk keys the detector did not load
+  (:func:`missing_trunk_keys`) and the probe of a pretraining (:func:`probe_summary`).
 - Statistics over seeds: :func:`summarize` (mean and sample std per dataset and arm, paired
-  differences against the first arm) and :func:`format_table`; :func:`environment` records the
-  machine.
+  differences against the first arm), :func:`paired_gain_bar`, :func:`format_table` and
+  :func:`format_box_table`; :func:`environment` records the machine.
 
 Arms are ``{key: name}``, e.g. ``{"random": "random", "soco": "SoCo"}``; the first is the
 baseline that the others are paired with by seed. A run with no detection at all, which
 Detectron2 reports as NaN AP, counts as 0 AP in the summary (flagged in the record and table).
 """
+import argparse
 import datetime
 import glob
 import json
@@ -30,8 +79,12 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:  # soco_d2 from a checkout without `pip install -e .`
+    sys.path.insert(0, REPO_ROOT)
 TRAIN_NET = "train_net.py"
 RESULT_FILE = "bench_result.json"
 PRETRAIN_RESULT_FILE = "bench_pretrain.json"
@@ -339,6 +392,58 @@ def run_finetuning(tag: str, labels: dict, config_file: str, opts, output_dir: s
     return dict(record, reused=False)
 
 
+# -------------------------------------------------------------------------------------- data
+def prepare_data(name: str) -> None:
+    """Create what pretraining and fine-tuning on ``name`` read, when it is missing: the embedded
+    scenes (``synthetic``) or the COCO sample's splits (``coco_sample``), and their
+    selective-search proposals."""
+    from soco_d2.data.builtin import datasets_root
+
+    root = datasets_root()
+    py = sys.executable
+    if name == "synthetic":
+        from soco_d2.data.builtin import SYNTHETIC_DIRNAME, synthetic_proposal_file
+
+        syn = os.path.join(root, SYNTHETIC_DIRNAME)
+        if not os.path.isfile(os.path.join(syn, "manifest.json")):
+            log(f"making the synthetic dataset in {syn}")
+            rc, _ = run_logged([py, "tools/make_synthetic_dataset.py", "--out", syn],
+                               os.path.join(syn + "_logs", "make_synthetic_dataset.log"))
+            if rc:
+                raise SystemExit(f"tools/make_synthetic_dataset.py failed (exit {rc})")
+        proposals = synthetic_proposal_file(root, "train")
+        if not os.path.isfile(proposals):
+            log(f"generating selective-search proposals: {proposals}")
+            rc, _ = run_logged(
+                [py, "tools/generate_proposals.py",
+                 "--coco-json", os.path.join(syn, "annotations", "instances_train.json"),
+                 "--image-root", os.path.join(syn, "train"), "--output", proposals,
+                 "--workers", "2", "--no-progress"],
+                proposals + ".log",
+            )
+            if rc:
+                raise SystemExit(f"tools/generate_proposals.py failed (exit {rc}), see {proposals}.log")
+    elif name == "coco_sample":
+        from soco_d2.data.coco_sample import PROPOSAL_FILE, coco_sample_dir, write_coco_sample_splits
+
+        source = coco_sample_dir()
+        paths = write_coco_sample_splits(source, root)  # no-op when current
+        proposals = os.path.join(root, PROPOSAL_FILE)
+        if not os.path.isfile(proposals):
+            log(f"generating selective-search proposals for the 80 train images: {proposals}")
+            os.makedirs(os.path.dirname(proposals), exist_ok=True)
+            rc, _ = run_logged(
+                [py, "tools/generate_proposals.py", "--coco-json", paths["train"],
+                 "--image-root", os.path.join(source, "images"), "--output", proposals,
+                 "--workers", "2", "--no-progress"],
+                proposals + ".log",
+            )
+            if rc:
+                raise SystemExit(f"tools/generate_proposals.py failed (exit {rc}), see {proposals}.log")
+    else:
+        raise ValueError(name)
+
+
 # --------------------------------------------------------------------------------- summary
 def scaled_schedule(iters: int, warmup_share: float, step_shares) -> list:
     """Overrides for a run of ``iters`` iterations with a recipe's shape scaled: MAX_ITER, STEPS at
@@ -415,9 +520,23 @@ def summarize(runs, arms: dict):
     return summary
 
 
-def format_table(summary, arms: dict) -> str:
+def _column_cells(columns) -> list:
+    """``columns`` ({header: {arm: text}}) as (header, width, {arm: text}) triples."""
+    return [(h, max([len(h)] + [len(v) for v in cells.values()]), cells) for h, cells in (columns or {}).items()]
+
+
+def _columns_of(arm, cells) -> str:
+    """The extra columns of ``arm``'s row ("-" where it has no value), or of a header row
+    (``arm`` None)."""
+    return "".join(f"  {(h if arm is None else c.get(arm, '-')):>{w}}" for h, w, c in cells)
+
+
+def format_table(summary, arms: dict, columns: Optional[Dict[str, Dict[str, str]]] = None) -> str:
     """The :func:`summarize` result as a text table: one row per dataset and arm (``<name>
-    init``), then one per paired difference (``<name> - <baseline name> (paired)``)."""
+    init``), then one per paired difference (``<name> - <baseline name> (paired)``).
+    ``columns`` ({header: {arm: text}}) are shown at the end of each arm's row."""
+    cells = _column_cells(columns)
+
     def ms(d):
         if d is None or d.get("mean") is None:
             return "-"
@@ -432,7 +551,8 @@ def format_table(summary, arms: dict) -> str:
     # the init column as wide as its longest entry, so the figures stay aligned
     w = max([22] + [len(f"{label} init (9 no-det)") for label in arms.values()]
             + [len(f"{label} - {arms[baseline]} (paired)") for label in arms.values()])
-    head = f"{'dataset':<12} {'init':<{w}} {'n':>2}  {'box AP':>15}  {'mask AP':>15}  {'box AP50':>15}  {'min/run':>7}"
+    head = (f"{'dataset':<12} {'init':<{w}} {'n':>2}  {'box AP':>15}  {'mask AP':>15}  {'box AP50':>15}  "
+            f"{'min/run':>7}" + _columns_of(None, cells))
     lines = [head, "-" * len(head)]
     for name, entry in summary.items():
         for arm, label in arms.items():
@@ -441,7 +561,7 @@ def format_table(summary, arms: dict) -> str:
             flag = f" ({it['no_detection_runs']} no-det)" if it["no_detection_runs"] else ""
             lines.append(
                 f"{name:<12} {label + ' init' + flag:<{w}} {it['n']:>2}  {ms(it['bbox_AP']):>15}  "
-                f"{ms(it['segm_AP']):>15}  {ms(it['bbox_AP50']):>15}  {wall:>7}"
+                f"{ms(it['segm_AP']):>15}  {ms(it['bbox_AP50']):>15}  {wall:>7}" + _columns_of(arm, cells)
             )
         for arm, label in list(arms.items())[1:]:
             d = entry[f"delta_{arm}_minus_{baseline}"]
@@ -451,6 +571,40 @@ def format_table(summary, arms: dict) -> str:
             )
     lines.append("COCO AP in percent on the val split; mean ± sample std over fine-tuning seeds.")
     return "\n".join(lines)
+
+
+def format_box_table(summary, arms: dict, columns: Optional[Dict[str, Dict[str, str]]] = None) -> str:
+    """Box AP only (a detector without masks): one row per arm, one per paired difference (every
+    ``delta_*`` of the summary); ``columns`` as in :func:`format_table`."""
+    cells = _column_cells(columns)
+    head = f"{'init':<34} {'n':>2}  {'box AP':>15}  {'box AP50':>15}" + _columns_of(None, cells)
+    lines = [head, "-" * (len(head) - 1)]
+    for entry in summary.values():
+        for arm, label in arms.items():
+            it = entry[arm]
+            lines.append(f"{label + ' init':<34} {it['n']:>2}  "
+                         f"{fmt(it['bbox_AP']['mean']):>6} ± {fmt(it['bbox_AP']['std']):>5}  "
+                         f"{fmt(it['bbox_AP50']['mean']):>6} ± {fmt(it['bbox_AP50']['std']):>5}"
+                         + _columns_of(arm, cells))
+        for key, d in entry.items():
+            if key.startswith("delta_"):
+                a, b = key[len("delta_"):].split("_minus_")
+                mean = d["bbox_AP"]["mean"]
+                lines.append(f"{arms[a] + ' - ' + arms[b] + ' (paired)':<34} {d['n']:>2}  "
+                             f"{'-' if mean is None else f'{mean:+6.2f}':>6} ± {fmt(d['bbox_AP']['std']):>5}")
+    lines.append("COCO box AP in percent on the val scenes; mean ± sample std over seeds.")
+    return "\n".join(lines)
+
+
+def probe_summary(pretraining: dict) -> dict:
+    """First and last probe (kNN on head features, its ``probe.json``) of each pretraining record
+    that has one: did the trunk learn?"""
+    out = {}
+    for name, pre in pretraining.items():
+        probes = (pre.get("probe") or {}).get("probes") or []
+        if probes:
+            out[name] = {"dataset": pre["probe"].get("dataset"), "first": probes[0], "last": probes[-1]}
+    return out
 
 
 def new_result(benchmark: str, argv, **fields) -> dict:
@@ -490,3 +644,347 @@ def environment():
     except ImportError:
         pass
     return env
+
+
+# -------------------------------------------------------------------------------- the driver
+KEEP_CHECKPOINTS_HELP = ("keep all checkpoints (by default a fine-tuning run's are deleted once its result is "
+                         "recorded, and a pretraining keeps only model_final.pth and the trunk)")
+
+
+@dataclass(frozen=True)
+class Pretraining:
+    """A pretraining run declared by a study (:attr:`Study.pretrainings`), run by the default
+    :meth:`Study.weights` when an arm needs its trunk.
+
+    Its command: ``train_net.py --config-file <config>`` with :attr:`Study.common_pretrain_opts`,
+    ``opts``, MODEL.WEIGHTS the trunk of ``start_from`` (another of the study's pretrainings) when
+    set, SEED 0 and OUTPUT_DIR ``OUTPUT_ROOT/pretrain_<key>``; ``--quick`` adds a
+    :attr:`Study.quick_pretrain_iters` schedule and ``quick_opts``. Its record is the JSON's
+    ``pretraining[<key>]``.
+    """
+
+    config: str
+    opts: Sequence[str] = ()
+    start_from: Optional[str] = None
+    quick_opts: Sequence[str] = ()
+
+
+class StudyRun:
+    """One invocation of a study: its ``args``, the ``result`` written to ``args.out``,
+    :meth:`save` and :meth:`pretrain` (what :meth:`Study.weights` calls)."""
+
+    def __init__(self, study: "Study", args, argv):
+        self.study, self.args = study, args
+        self.started = time.time()
+        self.result = new_result(study.name, argv, settings=study.settings(args), pretraining={}, runs=[])
+
+    def minutes(self) -> float:
+        return (time.time() - self.started) / 60
+
+    def save(self) -> None:
+        """The summary of the runs so far, the study's own fields, and the JSON rewritten."""
+        result = self.result
+        result["summary"] = self.study.summarize(result["runs"], self.args.arms) if result["runs"] else {}
+        result.update(self.study.result_fields(result))
+        result["wall_s_this_invocation"] = round(time.time() - self.started, 1)
+        os.makedirs(os.path.dirname(os.path.abspath(self.args.out)), exist_ok=True)
+        write_json(self.args.out, result)
+
+    def pretrain(self, key: str, config_file: str, opts, output_dir: str, tag: Optional[str] = None,
+                 labels: Optional[dict] = None) -> dict:
+        """:func:`run_pretraining`, recorded as ``pretraining[key]`` and saved; its record.
+
+        Args:
+            tag: names the run in the log (default ``[<key>]``).
+            labels: first fields of the record (default ``{"method": <the arm's name of key>}``).
+        """
+        if labels is None:
+            labels = {"method": self.study.arms.get(key, key)}
+        record = run_pretraining(tag or f"[{key}]", labels, config_file, opts, output_dir,
+                                 self.args.keep_checkpoints)
+        self.result["pretraining"][key] = record
+        self.save()
+        return record
+
+
+class Study:
+    """A transfer study, declared by a subclass (how: the module docstring); :meth:`main` runs it.
+
+    Attributes (class attributes of the declaration):
+        name: ``benchmarks/<name>.py``; runs in ``output/<name>_bench`` (``..._quick``), results
+            in ``<name>.json`` there.
+        description: the ``--help`` text (the study file's docstring).
+        datasets: the fine-tuning datasets (the records' ``dataset``); with several, a
+            ``--datasets`` flag picks among them (default ``default_datasets``).
+        arms: ``{arm: its name in tables}`` in table order; the first is the baseline every
+            other arm is paired with by seed.
+        default_arms: the arms run without ``--arms``.
+        baseline_always: the baseline is run whatever ``--arms`` says (else ``--arms`` must
+            start with it).
+        seeds, quick_seeds: fine-tuning seeds without ``--seeds`` (with ``--quick``: quick_seeds,
+            when set).
+        finetune_config: the fine-tuning config of every arm.
+        common_finetune_opts: overrides of every fine-tuning run.
+        quick_finetune_iters, quick_opts: the fine-tuning iterations and extra overrides of
+            ``--quick``.
+        finetune_shape: (warmup share, step shares) of the fine-tuning schedule scaled to
+            ``--finetune-iters``.
+        pretrainings: ``{key: Pretraining}``, run by the default :meth:`weights`.
+        arm_weights: ``{arm: a key of pretrainings (its trunk), or a weights file}``; an arm not
+            listed starts from random init.
+        common_pretrain_opts, quick_pretrain_iters: of the declared pretrainings.
+        trunk_prefixes: ``{arm: state_dict prefixes}`` that must load from its weights.
+        paired: ``(arm, other)`` pairs whose paired difference is reported besides every arm
+            minus the baseline (when both run).
+        box_only: the table shows box AP only (:func:`format_box_table`).
+        help: help texts of the shared flags, by dest (``"arms"``, ``"quick"``, ...), where the
+            study has more to say.
+    """
+
+    name: str = ""
+    description: str = ""
+    datasets: Sequence[str] = ("synthetic",)
+    default_datasets: Sequence[str] = ("synthetic",)
+    arms: Dict[str, str] = {}
+    default_arms: Sequence[str] = ()
+    baseline_always: bool = False
+    seeds: Sequence[int] = (0, 1, 2)
+    quick_seeds: Optional[Sequence[int]] = None
+    finetune_config: str = ""
+    common_finetune_opts: Sequence[str] = ("MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "1")
+    quick_finetune_iters: int = 4
+    quick_opts: Sequence[str] = ("TEST.PRECISE_BN.NUM_ITER", "2")
+    finetune_shape: Tuple[float, Tuple[float, ...]] = (0.1, (0.75,))
+    pretrainings: Dict[str, Pretraining] = {}
+    arm_weights: Dict[str, str] = {}
+    common_pretrain_opts: Sequence[str] = ("MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "1")
+    quick_pretrain_iters: int = 3
+    trunk_prefixes: Dict[str, Tuple[str, ...]] = {}
+    paired: Sequence[Tuple[str, str]] = ()
+    box_only: bool = False
+    help: Dict[str, str] = {}
+
+    @property
+    def baseline(self) -> str:
+        return next(iter(self.arms))
+
+    # ------------------------------------------------------------------- command line
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """The study's own flags (added before the shared ones)."""
+
+    def check_args(self, parser: argparse.ArgumentParser, args) -> None:
+        """Checks and defaults of the study's own flags (``parser.error`` to refuse)."""
+
+    def parse_args(self, argv=None):
+        p = argparse.ArgumentParser(description=self.description,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+        if len(self.datasets) > 1:
+            p.add_argument("--datasets", nargs="+", default=list(self.default_datasets), choices=list(self.datasets),
+                           help="datasets to run (default: %(default)s)")
+        self.add_arguments(p)
+        baseline = self.baseline
+        arms_help = (f"arms to run; {baseline} (the baseline) is always run" if self.baseline_always else
+                     f"arms to run, {baseline} first (the baseline of the paired differences)")
+        p.add_argument("--arms", nargs="+", choices=list(self.arms), default=list(self.default_arms),
+                       help=self.help.get("arms", arms_help + " (default: %(default)s)"))
+        quick_seeds = f"; --quick: {' '.join(map(str, self.quick_seeds))}" if self.quick_seeds else ""
+        p.add_argument("--seeds", nargs="+", type=int, default=None if self.quick_seeds else list(self.seeds),
+                       help="fine-tuning seeds, each run in every arm (default: "
+                            + (f"{' '.join(map(str, self.seeds))}{quick_seeds})" if quick_seeds else "%(default)s)"))
+        p.add_argument("--finetune-iters", type=int, default=0,
+                       help=self.help.get("finetune_iters", "fine-tuning iterations instead of the config's "
+                                                            "(its shape scaled)"))
+        p.add_argument("--output-root", default=None,
+                       help=f"folder of all runs (default: output/{self.name}_bench, "
+                            f"output/{self.name}_bench_quick with --quick)")
+        p.add_argument("--out", default=None,
+                       help=f"JSON file for the results (default: OUTPUT_ROOT/{self.name}.json)")
+        p.add_argument("--quick", action="store_true",
+                       help=self.help.get("quick", "smoke test of the pipeline (see the description above)"))
+        p.add_argument("--keep-checkpoints", action="store_true", help=KEEP_CHECKPOINTS_HELP)
+        args = p.parse_args(argv)
+        if self.baseline_always:
+            args.arms = [arm for arm in self.arms if arm in args.arms or arm == baseline]
+        elif args.arms[0] != baseline:
+            p.error(f"--arms: the first arm must be {baseline} (the baseline of the paired differences)")
+        if args.seeds is None:
+            args.seeds = list(self.quick_seeds if args.quick else self.seeds)
+        self.check_args(p, args)
+        resolve_output_paths(args, self.name)
+        return args
+
+    def dataset_names(self, args) -> List[str]:
+        return list(args.datasets) if len(self.datasets) > 1 else [self.datasets[0]]
+
+    # ---------------------------------------------------------------------- pretraining
+    def prepare_data(self, dataset: str) -> None:
+        """Create what the runs on ``dataset`` read, when missing (default :func:`prepare_data`)."""
+        prepare_data(dataset)
+
+    def weights(self, run: StudyRun, dataset: str) -> Dict[str, str]:
+        """``{arm: MODEL.WEIGHTS}`` of the arms that do not start from random init, after running
+        the pretrainings they need (:meth:`StudyRun.pretrain` records each in the JSON).
+
+        Default: each arm of ``arm_weights`` that runs gets the trunk of its pretraining (run
+        once, after the one it starts from), or the file named."""
+        args, trunks = run.args, {}
+
+        def trunk(key: str) -> str:
+            if key not in trunks:
+                spec = self.pretrainings[key]
+                start = trunk(spec.start_from) if spec.start_from else None
+                output_dir = os.path.join(args.output_root, f"pretrain_{key}")
+                opts = list(self.common_pretrain_opts) + list(spec.opts)
+                opts += (["MODEL.WEIGHTS", rel(start)] if start else []) + ["SEED", "0", "OUTPUT_DIR", rel(output_dir)]
+                if args.quick:
+                    opts += (["SOLVER.WARMUP_EPOCHS", "0"] + scaled_schedule(self.quick_pretrain_iters, 0.1, ())
+                             + list(spec.quick_opts))
+                trunks[key] = os.path.join(REPO_ROOT, run.pretrain(key, spec.config, opts, output_dir)["trunk"])
+            return trunks[key]
+
+        return {arm: trunk(source) if source in self.pretrainings else source
+                for arm, source in self.arm_weights.items() if arm in args.arms}
+
+    def pretraining_chain(self, arm: str) -> List[str]:
+        """The declared pretrainings ``arm``'s weights come from, first run first."""
+        key, chain = self.arm_weights.get(arm), []
+        while key in self.pretrainings:
+            chain.insert(0, key)
+            key = self.pretrainings[key].start_from
+        return chain
+
+    # ---------------------------------------------------------------------- fine-tuning
+    def finetune_config_of(self, args, dataset: str) -> str:
+        return self.finetune_config
+
+    def finetune_schedule(self, args, dataset: str):
+        """(iterations, overrides): the config's own schedule, or its shape
+        (:attr:`finetune_shape`) scaled to ``--finetune-iters`` (``--quick``: its iterations)."""
+        iters = self.quick_finetune_iters if args.quick else args.finetune_iters
+        if not iters:
+            return config_max_iter(self.finetune_config_of(args, dataset)), []
+        return iters, scaled_schedule(iters, *self.finetune_shape)
+
+    def finetune_data_opts(self, args, dataset: str) -> list:
+        """Overrides of every fine-tuning run on ``dataset``, before the schedule (e.g. its
+        training set)."""
+        return []
+
+    def quick_finetune_opts(self, args, dataset: str) -> list:
+        return list(self.quick_opts)
+
+    def finetune_opts(self, args, dataset: str, arm: str, seed: int, weights: dict, output_dir: str):
+        """(iterations, overrides) of ``arm`` at ``seed``; arms differ only in MODEL.WEIGHTS.
+
+        ``weights``: arm -> its MODEL.WEIGHTS (random init has none)."""
+        iters, schedule = self.finetune_schedule(args, dataset)
+        opts = ["MODEL.WEIGHTS", rel(weights[arm]) if weights.get(arm) else ""] + list(self.common_finetune_opts)
+        opts += self.finetune_data_opts(args, dataset) + schedule
+        if args.quick:
+            opts += self.quick_finetune_opts(args, dataset)
+        return iters, opts + ["SEED", str(seed), "OUTPUT_DIR", rel(output_dir)]
+
+    def finetune_dir(self, args, dataset: str, arm: str, seed: int) -> str:
+        return os.path.join(args.output_root, dataset, f"{arm}_seed{seed}")
+
+    def trunk_prefixes_of(self, args, arm: str) -> tuple:
+        return self.trunk_prefixes.get(arm, ())
+
+    def finetune(self, args, dataset: str, arm: str, seed: int, weights: dict) -> dict:
+        """One fine-tuning run (:func:`run_finetuning`: reused, resumed or run); its record."""
+        output_dir = self.finetune_dir(args, dataset, arm, seed)
+        max_iter, opts = self.finetune_opts(args, dataset, arm, seed, weights, output_dir)
+        tag = f"[{dataset} {arm} seed {seed}]" if len(self.datasets) > 1 else f"[{arm} seed {seed}]"
+        return run_finetuning(
+            tag, {"dataset": dataset, "arm": arm, "seed": seed}, self.finetune_config_of(args, dataset), opts,
+            output_dir, max_iter, args.keep_checkpoints, pretrained=bool(weights.get(arm)),
+            trunk_prefixes=self.trunk_prefixes_of(args, arm),
+        )
+
+    # -------------------------------------------------------------------------- results
+    def labels(self, arms=None) -> Dict[str, str]:
+        return {arm: self.arms[arm] for arm in (self.default_arms if arms is None else arms)}
+
+    def summarize(self, runs, arms=None) -> dict:
+        """:func:`summarize` against the baseline, plus the differences of :attr:`paired`."""
+        labels = self.labels(arms)
+        summary = summarize(runs, labels)
+        for arm, other in self.paired:
+            if arm in labels and other in labels:
+                key = f"delta_{arm}_minus_{other}"
+                for name, entry in summarize(runs, {other: labels[other], arm: labels[arm]}).items():
+                    summary[name][key] = entry[key]
+        return summary
+
+    def format_table(self, summary, arms=None, columns=None) -> str:
+        return (format_box_table if self.box_only else format_table)(summary, self.labels(arms), columns)
+
+    def settings(self, args) -> dict:
+        """The JSON's ``settings``: what the runs were made with."""
+        return {"datasets": self.dataset_names(args), "arms": self.labels(args.arms), "seeds": args.seeds,
+                "quick": args.quick, "finetune_config": self.finetune_config,
+                "finetune_iters": self.finetune_schedule(args, self.dataset_names(args)[0])[0],
+                "pretrainings": {key: vars(spec) for key, spec in self.pretrainings.items()},
+                "arm_weights": self.arm_weights, "output_root": rel(args.output_root)}
+
+    def result_fields(self, result: dict) -> dict:
+        """Fields the JSON gets at every save besides the summary (e.g. a bar). Default: with
+        declared pretrainings, ``arm_pretraining``: each arm's pretrainings, their wall time and
+        the probe of the last one (first and last)."""
+        if not self.pretrainings:
+            return {}
+        probes, table = probe_summary(result["pretraining"]), {}
+        for arm in self.arms:
+            chain = [k for k in self.pretraining_chain(arm) if k in result["pretraining"]]
+            if chain:
+                walls = [result["pretraining"][k].get("wall_s") for k in chain]
+                table[arm] = {"pretrainings": chain, "wall_s": None if None in walls else round(sum(walls), 1),
+                              "probe": probes.get(chain[-1])}
+        return {"arm_pretraining": table}
+
+    def columns(self, result: dict) -> Dict[str, Dict[str, str]]:
+        """Extra table columns ({header: {arm: text}}): the probe and the pretraining wall time of
+        each arm of ``arm_pretraining``."""
+        arms = result.get("arm_pretraining") or {}
+        if not arms:
+            return {}
+        probe = {arm: f"{a['probe']['first']['knn_head']:.3f} -> {a['probe']['last']['knn_head']:.3f}"
+                 for arm, a in arms.items() if a.get("probe")}
+        wall = {arm: f"{a['wall_s'] / 60:.1f}" for arm, a in arms.items() if a.get("wall_s") is not None}
+        return {"probe kNN": probe, "pretrain min": wall}
+
+    def report(self, result: dict, args, minutes: float) -> List[str]:
+        """The lines printed after the table."""
+        return ["", self.invocation_line(args, minutes)]
+
+    def invocation_line(self, args, minutes: float) -> str:
+        return f"This invocation: {minutes:.1f} min. JSON: {rel(args.out)}"
+
+    def final_fields(self, result: dict) -> dict:
+        """Fields the JSON gets once every run is done."""
+        return {}
+
+    # ----------------------------------------------------------------------------- main
+    def main(self, argv=None) -> int:
+        """Run the study: per dataset its data, its pretrainings, then every seed in every arm."""
+        args = self.parse_args(argv)
+        os.chdir(REPO_ROOT)  # train_net.py, configs and datasets/ are relative to the repo root
+        run = StudyRun(self, args, argv)
+        result = run.result
+        for dataset in self.dataset_names(args):
+            self.prepare_data(dataset)
+            weights = self.weights(run, dataset)
+            for seed in args.seeds:  # arms interleaved: partial results stay paired
+                for arm in args.arms:
+                    result["runs"].append(self.finetune(args, dataset, arm, seed, weights))
+                    run.save()
+        run.save()
+        final = self.final_fields(result)
+        if final:
+            result.update(final)
+            write_json(args.out, result)
+        print()
+        print(self.format_table(result["summary"], args.arms, self.columns(result)))
+        for line in self.report(result, args, run.minutes()):
+            print(line)
+        return 1 if any(r.get("failed") for r in result["runs"]) else 0

@@ -35,7 +35,7 @@ config's own schedule is used unless ``--pretrain-iters`` / ``--finetune-iters``
 ``--quick`` (3 pretraining and 4 fine-tuning iterations, the synthetic run evaluated on the first
 20 val scenes) is a smoke test of the pipeline; its numbers mean nothing.
 
-This file defines the study (datasets, configs, arms, the bar); ``benchmarks/harness.py`` runs
+This file declares the study (datasets, configs, arms, the bar); ``benchmarks/harness.py`` runs
 it. Every step is ``train_net.py`` run as a subprocess, i.e. exactly what a user runs; the JSON
 holds each command. The benchmark is resumable: a run whose output folder holds its result is
 reused, an interrupted one continues from its last checkpoint (``--resume``), and missing data
@@ -50,24 +50,18 @@ each pretraining (its ``probe.json``: first and last kNN accuracy) beside them. 
 detection at all, which Detectron2 reports as NaN AP, counts as 0 AP in the summary (it is
 flagged in the JSON and the table).
 """
-import argparse
 import os
 import sys
-import time
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 if BENCH_DIR not in sys.path:
     sys.path.insert(0, BENCH_DIR)
 
 import harness  # noqa: E402
-from harness import (  # noqa: E402  (final_evaluation, check_same: part of this study's API)
-    REPO_ROOT, check_same, config_max_iter, drop_checkpoints, final_evaluation, keep_prefixes, log, new_result,
-    paired_gain_bar, rel,
-    resolve_output_paths, run_finetuning, run_logged, run_pretraining, scaled_schedule, write_json,
+from harness import (  # noqa: E402
+    REPO_ROOT, drop_checkpoints, fmt, keep_prefixes, paired_gain_bar, probe_summary, rel, run_finetuning,
+    scaled_schedule,
 )
-
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
 
 # Arm -> its name in tables; the first arm is the baseline the others are paired with.
 ARMS = {"random": "random", "soco": "SoCo", "supervised": "supervised reference"}
@@ -105,56 +99,6 @@ COMMON_FINETUNE_OPTS = ["MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "1"]
 QUICK = {"pretrain_iters": 3, "finetune_iters": 4, "precise_bn_iters": 2}
 
 
-# ------------------------------------------------------------------------------------ data
-def prepare_data(name: str) -> None:
-    """Create what pretraining and fine-tuning on ``name`` read, when it is missing."""
-    from soco_d2.data.builtin import datasets_root
-
-    root = datasets_root()
-    py = sys.executable
-    if name == "synthetic":
-        from soco_d2.data.builtin import SYNTHETIC_DIRNAME, synthetic_proposal_file
-
-        syn = os.path.join(root, SYNTHETIC_DIRNAME)
-        if not os.path.isfile(os.path.join(syn, "manifest.json")):
-            log(f"making the synthetic dataset in {syn}")
-            rc, _ = run_logged([py, "tools/make_synthetic_dataset.py", "--out", syn],
-                               os.path.join(syn + "_logs", "make_synthetic_dataset.log"))
-            if rc:
-                raise SystemExit(f"tools/make_synthetic_dataset.py failed (exit {rc})")
-        proposals = synthetic_proposal_file(root, "train")
-        if not os.path.isfile(proposals):
-            log(f"generating selective-search proposals: {proposals}")
-            rc, _ = run_logged(
-                [py, "tools/generate_proposals.py",
-                 "--coco-json", os.path.join(syn, "annotations", "instances_train.json"),
-                 "--image-root", os.path.join(syn, "train"), "--output", proposals,
-                 "--workers", "2", "--no-progress"],
-                proposals + ".log",
-            )
-            if rc:
-                raise SystemExit(f"tools/generate_proposals.py failed (exit {rc}), see {proposals}.log")
-    elif name == "coco_sample":
-        from soco_d2.data.coco_sample import PROPOSAL_FILE, coco_sample_dir, write_coco_sample_splits
-
-        source = coco_sample_dir()
-        paths = write_coco_sample_splits(source, root)  # no-op when current
-        proposals = os.path.join(root, PROPOSAL_FILE)
-        if not os.path.isfile(proposals):
-            log(f"generating selective-search proposals for the 80 train images: {proposals}")
-            os.makedirs(os.path.dirname(proposals), exist_ok=True)
-            rc, _ = run_logged(
-                [py, "tools/generate_proposals.py", "--coco-json", paths["train"],
-                 "--image-root", os.path.join(source, "images"), "--output", proposals,
-                 "--workers", "2", "--no-progress"],
-                proposals + ".log",
-            )
-            if rc:
-                raise SystemExit(f"tools/generate_proposals.py failed (exit {rc}), see {proposals}.log")
-    else:
-        raise ValueError(name)
-
-
 # ------------------------------------------------------------------------------ pretraining
 def pretrain_opts(name: str, args, output_dir: str):
     opts = list(DATASETS[name]["pretrain_opts"]) + [
@@ -168,14 +112,6 @@ def pretrain_opts(name: str, args, output_dir: str):
     return opts
 
 
-def pretrain(name: str, args) -> dict:
-    """SoCo pretraining on the train images of ``name``; returns its record (trunk path etc.)."""
-    output_dir = os.path.join(args.output_root, name, "pretrain")
-    return run_pretraining(f"[{name}]", {"dataset": name}, DATASETS[name]["pretrain_config"],
-                           pretrain_opts(name, args, output_dir), output_dir,
-                           args.keep_checkpoints)
-
-
 def supervised_trunk(name: str, args) -> tuple:
     """The supervised reference: the fine-tuning detector trained with labels on the whole train
     set of ``name``; returns (its run record, its trunk: the keys of TRUNK_PREFIXES)."""
@@ -186,7 +122,7 @@ def supervised_trunk(name: str, args) -> tuple:
     opts = (["MODEL.WEIGHTS", "", "DATASETS.TRAIN", spec["train"]] + COMMON_FINETUNE_OPTS
             + scaled_schedule(iters, 0.1, (0.75,)))
     if args.quick:
-        opts += DATASETS[name]["quick_opts"] + ["TEST.PRECISE_BN.NUM_ITER", str(QUICK["precise_bn_iters"])]
+        opts += STUDY.quick_finetune_opts(args, name)
     opts += ["SEED", "0", "OUTPUT_DIR", rel(output_dir)]
     final = os.path.join(output_dir, "model_final.pth")
     # Checkpoints are kept until the trunk is cut out of model_final.pth, then deleted.
@@ -205,102 +141,64 @@ def supervised_trunk(name: str, args) -> tuple:
     return record, trunk
 
 
-# ------------------------------------------------------------------------------- fine-tuning
-def finetune_schedule(name: str, args):
-    """(iterations, overrides): the config's own schedule, or its shape (warmup 10%, step at
-    75%) scaled to ``--finetune-iters``."""
-    iters = QUICK["finetune_iters"] if args.quick else args.finetune_iters
-    if not iters:
-        return config_max_iter(DATASETS[name]["finetune_config"]), []
-    return iters, scaled_schedule(iters, 0.1, (0.75,))
-
-
-def finetune_opts(name: str, arm: str, seed: int, weights: dict, args, output_dir: str):
-    """``weights``: arm -> its MODEL.WEIGHTS (random init has none)."""
-    iters, schedule = finetune_schedule(name, args)
-    opts = ["MODEL.WEIGHTS", rel(weights[arm]) if weights.get(arm) else ""] + COMMON_FINETUNE_OPTS + schedule
-    if args.quick:
-        opts += DATASETS[name]["quick_opts"] + ["TEST.PRECISE_BN.NUM_ITER", str(QUICK["precise_bn_iters"])]
-    opts += ["SEED", str(seed), "OUTPUT_DIR", rel(output_dir)]
-    return iters, opts
-
-
-def finetune(name: str, arm: str, seed: int, weights: dict, args) -> dict:
-    output_dir = os.path.join(args.output_root, name, f"{arm}_seed{seed}")
-    max_iter, opts = finetune_opts(name, arm, seed, weights, args, output_dir)
-    return run_finetuning(
-        f"[{name} {arm} seed {seed}]", {"dataset": name, "arm": arm, "seed": seed},
-        DATASETS[name]["finetune_config"], opts, output_dir, max_iter, args.keep_checkpoints,
-        pretrained=arm != "random", trunk_prefixes=TRUNK_PREFIXES,
-    )
-
-
 # --------------------------------------------------------------------------------- summary
-def summarize(runs, arms=DEFAULT_ARMS):
-    """Per dataset and arm: n, mean/std of box and mask AP, AP50; paired deltas against random."""
-    return harness.summarize(runs, {a: ARMS[a] for a in arms})
-
-
-def format_table(summary, arms=DEFAULT_ARMS) -> str:
-    return harness.format_table(summary, {a: ARMS[a] for a in arms})
-
-
 def bars(summary: dict) -> dict:
     """Per dataset with a bar: is SoCo - random >= its minimum gain and > 2 std (paired)?"""
     return {name: paired_gain_bar(summary, name, "delta_soco_minus_random", spec["min_gain"])
             for name, spec in DATASETS.items() if spec["min_gain"] is not None and name in summary}
 
 
-def probe_summary(pretraining: dict) -> dict:
-    """First and last probe of each pretraining (kNN on head features): did the trunk learn?"""
-    out = {}
-    for name, pre in pretraining.items():
-        probes = (pre.get("probe") or {}).get("probes") or []
-        if probes:
-            out[name] = {"dataset": pre["probe"].get("dataset"), "first": probes[0], "last": probes[-1]}
-    return out
+def recorded_walls(result: dict) -> tuple:
+    """(pretraining, fine-tuning) wall seconds recorded, reused runs included."""
+    return (sum(p.get("wall_s") or 0 for p in result["pretraining"].values()),
+            sum(r.get("wall_s") or 0 for r in result["runs"]))
 
 
-# ------------------------------------------------------------------------------------ main
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--datasets", nargs="+", default=["synthetic"], choices=list(DATASETS),
-                   help="datasets to run (default: %(default)s)")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
-                   help="fine-tuning seeds, each run in every arm (default: %(default)s)")
-    p.add_argument("--arms", nargs="+", choices=list(ARMS), default=DEFAULT_ARMS,
-                   help="arms, random first (the baseline of the paired differences); supervised is the "
-                        "labelled reference, synthetic only (default: %(default)s)")
-    p.add_argument("--output-root", default=None,
-                   help="folder of all runs (default: output/transfer_bench, "
-                        "output/transfer_bench_quick with --quick)")
-    p.add_argument("--out", default=None, help="JSON file for the results (default: OUTPUT_ROOT/transfer.json)")
-    p.add_argument("--pretrain-iters", type=int, default=0,
-                   help="pretraining iterations instead of the recipe's (its shape scaled)")
-    p.add_argument("--finetune-iters", type=int, default=0,
-                   help="fine-tuning iterations instead of each config's (its shape scaled)")
-    p.add_argument("--quick", action="store_true",
-                   help=f"smoke test: {QUICK['pretrain_iters']} pretraining and "
-                        f"{QUICK['finetune_iters']} fine-tuning iterations")
-    p.add_argument("--keep-checkpoints", action="store_true",
-                   help="keep all checkpoints (by default a fine-tuning run's are deleted once its "
-                        "result is recorded, and a pretraining keeps only model_final.pth and the trunk)")
-    args = p.parse_args(argv)
-    if args.arms[0] != "random":
-        p.error("--arms: the first arm must be random (the baseline of the paired differences)")
-    if "supervised" in args.arms and any(DATASETS[d]["supervised"] is None for d in args.datasets):
-        p.error("--arms supervised: the supervised reference exists for the synthetic scenes only")
-    resolve_output_paths(args, "transfer")
-    return args
+# -------------------------------------------------------------------------------- the study
+class TransferStudy(harness.Study):
+    name = "transfer"
+    description = __doc__
+    datasets = list(DATASETS)
+    arms = ARMS
+    default_arms = DEFAULT_ARMS
+    common_finetune_opts = COMMON_FINETUNE_OPTS
+    quick_finetune_iters = QUICK["finetune_iters"]
+    trunk_prefixes = dict.fromkeys(ARMS, TRUNK_PREFIXES)
+    help = {
+        "arms": "arms, random first (the baseline of the paired differences); supervised is the "
+                "labelled reference, synthetic only (default: %(default)s)",
+        "finetune_iters": "fine-tuning iterations instead of each config's (its shape scaled)",
+        "quick": f"smoke test: {QUICK['pretrain_iters']} pretraining and {QUICK['finetune_iters']} "
+                 "fine-tuning iterations",
+    }
 
+    def add_arguments(self, parser):
+        parser.add_argument("--pretrain-iters", type=int, default=0,
+                            help="pretraining iterations instead of the recipe's (its shape scaled)")
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    os.chdir(REPO_ROOT)  # train_net.py, configs and datasets/ are relative to the repo root
-    started = time.time()
-    result = new_result(
-        "transfer", argv,
-        settings={
+    def check_args(self, parser, args):
+        if "supervised" in args.arms and any(DATASETS[d]["supervised"] is None for d in args.datasets):
+            parser.error("--arms supervised: the supervised reference exists for the synthetic scenes only")
+
+    def weights(self, run, name):
+        """SoCo pretraining on the train images of ``name`` (and the supervised reference)."""
+        output_dir = os.path.join(run.args.output_root, name, "pretrain")
+        pre = run.pretrain(name, DATASETS[name]["pretrain_config"], pretrain_opts(name, run.args, output_dir),
+                           output_dir, tag=f"[{name}]", labels={"dataset": name})
+        weights = {"soco": os.path.join(REPO_ROOT, pre["trunk"])}
+        if "supervised" in run.args.arms:
+            run.result["supervised_reference"], weights["supervised"] = supervised_trunk(name, run.args)
+            run.save()
+        return weights
+
+    def finetune_config_of(self, args, name):
+        return DATASETS[name]["finetune_config"]
+
+    def quick_finetune_opts(self, args, name):
+        return DATASETS[name]["quick_opts"] + ["TEST.PRECISE_BN.NUM_ITER", str(QUICK["precise_bn_iters"])]
+
+    def settings(self, args):
+        return {
             "datasets": args.datasets,
             "seeds": args.seeds,
             "arms": {arm: WEIGHTS_DESCRIPTION[arm] for arm in args.arms},
@@ -310,61 +208,37 @@ def main(argv=None) -> int:
             "per_dataset": {
                 name: {
                     "pretrain_config": DATASETS[name]["pretrain_config"],
-                    "pretrain_overrides": pretrain_opts(
-                        name, args, os.path.join(args.output_root, name, "pretrain")),
+                    "pretrain_overrides": pretrain_opts(name, args, os.path.join(args.output_root, name, "pretrain")),
                     "finetune_config": DATASETS[name]["finetune_config"],
-                    "finetune_iters": finetune_schedule(name, args)[0],
-                    "finetune_schedule_overrides": finetune_schedule(name, args)[1],
+                    "finetune_iters": self.finetune_schedule(args, name)[0],
+                    "finetune_schedule_overrides": self.finetune_schedule(args, name)[1],
                     "min_gain": DATASETS[name]["min_gain"],
                 }
                 for name in args.datasets
             },
-        },
-        pretraining={},
-        runs=[],
-    )
+        }
 
-    def save():
-        result["summary"] = summarize(result["runs"], args.arms) if result["runs"] else {}
-        result["bars"] = bars(result["summary"])
-        result["probes"] = probe_summary(result["pretraining"])
-        result["wall_s_this_invocation"] = round(time.time() - started, 1)
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        write_json(args.out, result)
+    def result_fields(self, result):
+        return {"bars": bars(result["summary"]), "probes": probe_summary(result["pretraining"])}
 
-    for name in args.datasets:
-        prepare_data(name)
-        pre = pretrain(name, args)
-        result["pretraining"][name] = pre
-        save()
-        weights = {"soco": os.path.join(REPO_ROOT, pre["trunk"])}
-        if "supervised" in args.arms:
-            result["supervised_reference"], weights["supervised"] = supervised_trunk(name, args)
-            save()
-        for seed in args.seeds:  # arms interleaved: partial results stay paired
-            for arm in args.arms:
-                result["runs"].append(finetune(name, arm, seed, weights, args))
-                save()
+    def final_fields(self, result):
+        return {"wall_s_total_recorded": round(sum(recorded_walls(result)), 1)}
 
-    save()
-    pre_wall = sum(p.get("wall_s") or 0 for p in result["pretraining"].values())
-    run_wall = sum(r.get("wall_s") or 0 for r in result["runs"])
-    result["wall_s_total_recorded"] = round(pre_wall + run_wall, 1)
-    write_json(args.out, result)
-    print()
-    print(format_table(result["summary"], args.arms))
-    for name, b in result["bars"].items():
-        print(f"{name}: SoCo - random box AP (paired) {harness.fmt(b['paired_gain_mean'])} +- "
-              f"{harness.fmt(b['paired_gain_std'])}; >= {b['min_gain']} and > 2 std: {b['met']}")
-    for name, p in result["probes"].items():
-        print(f"{name}: probe kNN (head) during pretraining {p['first']['knn_head']:.3f} (iteration "
-              f"{p['first']['iteration']}) -> {p['last']['knn_head']:.3f} (iteration {p['last']['iteration']})")
-    print(f"\nPretraining wall: {pre_wall / 60:.1f} min, fine-tuning wall: {run_wall / 60:.1f} min "
-          f"(recorded, reused runs included); this invocation: {(time.time() - started) / 60:.1f} min")
-    print(f"JSON: {rel(args.out)}")
-    failed = [r for r in result["runs"] if r.get("failed")]
-    return 1 if failed else 0
+    def report(self, result, args, minutes):
+        lines = [f"{name}: SoCo - random box AP (paired) {fmt(b['paired_gain_mean'])} +- "
+                 f"{fmt(b['paired_gain_std'])}; >= {b['min_gain']} and > 2 std: {b['met']}"
+                 for name, b in result["bars"].items()]
+        lines += [f"{name}: probe kNN (head) during pretraining {p['first']['knn_head']:.3f} (iteration "
+                  f"{p['first']['iteration']}) -> {p['last']['knn_head']:.3f} (iteration {p['last']['iteration']})"
+                  for name, p in result["probes"].items()]
+        pre_wall, run_wall = recorded_walls(result)
+        return lines + [f"\nPretraining wall: {pre_wall / 60:.1f} min, fine-tuning wall: {run_wall / 60:.1f} min "
+                        f"(recorded, reused runs included); this invocation: {minutes:.1f} min",
+                        f"JSON: {rel(args.out)}"]
 
+
+STUDY = TransferStudy()
+parse_args, main = STUDY.parse_args, STUDY.main
 
 if __name__ == "__main__":
     sys.exit(main())

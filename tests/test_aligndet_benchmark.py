@@ -24,7 +24,7 @@ def test_arms_differ_only_in_weights(bench, tmp_path):
     assert list(bench.parse_args(["--arms", "random", "soco"]).arms) == ["soco_backbone", "random", "soco"]
     weights = {"soco_backbone": "bb.pth", "soco": "soco.pth", "aligndet": "aligndet.pth",
                "aligndet_no_box_head": "nb.pth"}
-    opts = {arm: _opts(bench.finetune_opts(args, arm, 2, weights, str(tmp_path / "o"))) for arm in bench.ARMS}
+    opts = {arm: _opts(bench.STUDY.finetune_opts(args, "synthetic", arm, 2, weights, str(tmp_path / "o"))[1]) for arm in bench.ARMS}
     assert [o.pop("MODEL.WEIGHTS") for o in opts.values()] == ["bb.pth", "aligndet.pth", "", "soco.pth", "nb.pth"]
     assert opts["soco_backbone"] == opts["aligndet"] == opts["random"] == opts["soco"] == opts["aligndet_no_box_head"]
     assert opts["soco"]["SEED"] == "2" and "SOLVER.MAX_ITER" not in opts["soco"]  # the config's schedule
@@ -63,7 +63,7 @@ def test_no_box_head_arm_drops_only_the_box_head(bench, tmp_path):
 def test_quick_mode_and_schedules(bench, tmp_path):
     args = bench.parse_args(["--quick", "--output-root", str(tmp_path)])
     assert args.seeds == [0] and args.out == os.path.join(str(tmp_path), "aligndet.json")
-    o = _opts(bench.finetune_opts(args, "aligndet", 0, {"aligndet": "a.pth"}, str(tmp_path)))
+    o = _opts(bench.STUDY.finetune_opts(args, "synthetic", "aligndet", 0, {"aligndet": "a.pth"}, str(tmp_path))[1])
     assert (o["SOLVER.MAX_ITER"], o["TEST.PRECISE_BN.NUM_ITER"], o["MODEL.RPN.POST_NMS_TOPK_TEST"]) == ("4", "2", "20")
     o = _opts(bench.aligndet_opts(args, "soco.pth", str(tmp_path)))
     assert (o["MODEL.WEIGHTS"], o["SOLVER.MAX_ITER"], o["SOLVER.EPOCHS"]) == ("soco.pth", "2", "0")
@@ -94,7 +94,8 @@ def test_configs_of_the_study_exist_and_match(bench):
         assert pre.MODEL.FPN.OUT_CHANNELS == fine.MODEL.FPN.OUT_CHANNELS == 128
         assert pre.MODEL.RESNETS.DEPTH == fine.MODEL.RESNETS.DEPTH == 18
         assert pre.DATASETS.TRAIN == ("soco_synthetic_train",)
-    assert bench.finetune_max_iter(bench.parse_args([]), bench.DETECTORS["faster_rcnn"]["finetune_config"]) == 200
+    assert bench.DETECTORS["faster_rcnn"]["finetune_config"] == bench.STUDY.finetune_config_of(bench.parse_args([]), "synthetic")
+    assert bench.STUDY.finetune_schedule(bench.parse_args([]), "synthetic")[0] == 200
 
 
 def test_missing_soco_trunk_says_how_to_make_it(bench, tmp_path):

@@ -22,11 +22,11 @@ def test_arms_differ_only_in_weights(bench, tmp_path):
     args = bench.parse_args(["--output-root", str(tmp_path), "--arms", "random", "montage", "soco", "montage_free"])
     assert args.seeds == [0, 1, 2]
     weights = {"montage": "m.pth", "soco": "s.pth", "montage_free": "f.pth"}
-    opts = {arm: _opts(bench.finetune_opts(args, arm, 1, weights, str(tmp_path / "o"))) for arm in args.arms}
+    opts = {arm: _opts(bench.STUDY.finetune_opts(args, "synthetic", arm, 1, weights, str(tmp_path / "o"))[1]) for arm in args.arms}
     assert [o.pop("MODEL.WEIGHTS") for o in opts.values()] == ["", "m.pth", "s.pth", "f.pth"]
     assert opts["random"] == opts["montage"] == opts["soco"] == opts["montage_free"]
     assert opts["random"]["SEED"] == "1" and "SOLVER.MAX_ITER" not in opts["random"]  # the config's schedule
-    assert bench.finetune_max_iter(args) == 200
+    assert bench.STUDY.finetune_schedule(args, "synthetic")[0] == 200
     with pytest.raises(SystemExit):
         bench.parse_args(["--arms", "montage", "random"])
 
@@ -44,15 +44,15 @@ def test_pretraining_sees_only_the_finetuning_labels(bench, tmp_path):
     o = _opts(bench.pretrain_opts(full, "montage", str(tmp_path / "p")))
     assert o["DATASETS.TRAIN"] == '("soco_synthetic_det_train",)' and o["INPUT.MONTAGE.CANVAS_SIZE"] == "128"
     assert o["SOLVER.MAX_ITER"] == "1000"
-    tuned = {arm: _opts(bench.finetune_opts(full, arm, 0, {"montage": "m.pth"}, str(tmp_path))) for arm in
+    tuned = {arm: _opts(bench.STUDY.finetune_opts(full, "synthetic", arm, 0, {"montage": "m.pth"}, str(tmp_path))[1]) for arm in
              ("random", "montage")}
     assert tuned["random"]["DATASETS.TRAIN"] == tuned["montage"]["DATASETS.TRAIN"] == '("soco_synthetic_det_train",)'
-    assert "DATASETS.TRAIN" not in _opts(bench.finetune_opts(args, "random", 0, {}, str(tmp_path)))
+    assert "DATASETS.TRAIN" not in _opts(bench.STUDY.finetune_opts(args, "synthetic", "random", 0, {}, str(tmp_path))[1])
     assert bench.parse_args(["--detection-set", "full", "--montage-iters", "7"]).montage_iters == 7
     quick = bench.parse_args(["--quick", "--output-root", str(tmp_path)])
     assert quick.seeds == [0] and quick.out == os.path.join(str(tmp_path), "montage.json")
     assert _opts(bench.pretrain_opts(quick, "montage", str(tmp_path)))["SOLVER.MAX_ITER"] == "3"
-    o = _opts(bench.finetune_opts(quick, "montage", 0, {"montage": "m.pth"}, str(tmp_path)))
+    o = _opts(bench.STUDY.finetune_opts(quick, "synthetic", "montage", 0, {"montage": "m.pth"}, str(tmp_path))[1])
     assert (o["SOLVER.MAX_ITER"], o["TEST.PRECISE_BN.NUM_ITER"]) == ("4", "2")
     assert o["DATASETS.TEST"] == '("soco_synthetic_det_val_20",)'
     from detectron2.data import DatasetCatalog
@@ -85,11 +85,11 @@ def test_summary_pairs_every_arm_with_random_and_montage_with_soco(bench):
 
     runs = [run("random", 0, 1.0), run("montage", 0, 3.0), run("soco", 0, 2.0),
             run("random", 1, 2.0), run("montage", 1, 5.0), run("soco", 1, float("nan"))]
-    summary = bench.summarize(runs, ["random", "montage", "soco"])["synthetic"]
+    summary = bench.STUDY.summarize(runs, ["random", "montage", "soco"])["synthetic"]
     assert summary["delta_montage_minus_random"]["bbox_AP"]["values"] == [2.0, 3.0]
     assert summary["delta_soco_minus_random"]["bbox_AP"]["values"] == [1.0, -2.0]  # no detection = 0 AP
     assert summary["delta_montage_minus_soco"]["bbox_AP"]["values"] == [1.0, 5.0]
-    table = bench.format_table({"synthetic": summary}, ["random", "montage", "soco"])
+    table = bench.STUDY.format_table({"synthetic": summary}, ["random", "montage", "soco"])
     rows = {line[:34].strip(): line[34:] for line in table.splitlines()}
     assert rows["Montage - SoCo backbone (paired)"].split() == ["2", "+3.00", "±", "2.83"]  # std sqrt(8)
     assert rows["SoCo backbone - random (paired)"].split() == ["2", "-0.50", "±", "2.12"]

@@ -21,8 +21,8 @@ def _opts_dict(opts):
 def test_arms_differ_only_in_weights(bench, tmp_path):
     args = bench.parse_args(["--output-root", str(tmp_path)])
     for name in bench.DATASETS:
-        _, random_opts = bench.finetune_opts(name, "random", 1, {"soco": "t.pth"}, args, str(tmp_path / "r"))
-        _, soco_opts = bench.finetune_opts(name, "soco", 1, {"soco": "t.pth"}, args, str(tmp_path / "r"))
+        _, random_opts = bench.STUDY.finetune_opts(args, name, "random", 1, {"soco": "t.pth"}, str(tmp_path / "r"))
+        _, soco_opts = bench.STUDY.finetune_opts(args, name, "soco", 1, {"soco": "t.pth"}, str(tmp_path / "r"))
         r, s = _opts_dict(random_opts), _opts_dict(soco_opts)
         assert r.pop("MODEL.WEIGHTS") == "" and s.pop("MODEL.WEIGHTS").endswith("t.pth")
         assert r == s and r["SEED"] == "1"
@@ -32,7 +32,7 @@ def test_supervised_reference_arm(bench, tmp_path):
     args = bench.parse_args(["--arms", "random", "soco", "supervised", "--output-root", str(tmp_path)])
     assert args.arms == ["random", "soco", "supervised"] and bench.parse_args([]).arms == ["random", "soco"]
     weights = {"soco": "soco.pth", "supervised": "sup.pth"}
-    opts = {arm: _opts_dict(bench.finetune_opts("synthetic", arm, 2, weights, args, str(tmp_path / "r"))[1])
+    opts = {arm: _opts_dict(bench.STUDY.finetune_opts(args, "synthetic", arm, 2, weights, str(tmp_path / "r"))[1])
             for arm in args.arms}
     assert [o.pop("MODEL.WEIGHTS") for o in opts.values()] == ["", "soco.pth", "sup.pth"]
     assert opts["random"] == opts["soco"] == opts["supervised"]  # only the weights differ
@@ -70,7 +70,7 @@ def test_supervised_reference_trains_with_labels_and_keeps_the_trunk(bench, tmp_
 
 @pytest.mark.parametrize("iters", [2, 4, 60, 100, 300])
 def test_scaled_schedule_steps_below_max_iter(bench, iters):
-    n, opts = bench.finetune_schedule("synthetic", bench.parse_args(["--finetune-iters", str(iters)]))
+    n, opts = bench.STUDY.finetune_schedule(bench.parse_args(["--finetune-iters", str(iters)]), "synthetic")
     o = _opts_dict(opts)
     steps = eval(o["SOLVER.STEPS"])
     assert n == iters and int(o["SOLVER.MAX_ITER"]) == iters
@@ -83,11 +83,11 @@ def test_scaled_schedule_steps_below_max_iter(bench, iters):
 def test_default_schedules_are_the_configs_own(bench, tmp_path):
     args = bench.parse_args([])
     assert args.datasets == ["synthetic"]  # coco_sample is asked for
-    n, opts = bench.finetune_schedule("synthetic", args)
+    n, opts = bench.STUDY.finetune_schedule(args, "synthetic")
     assert n == 200 and opts == []  # configs/transfer/faster_rcnn_R18_FPN_synthetic.yaml
     o = _opts_dict(bench.pretrain_opts("synthetic", args, str(tmp_path)))
     assert "SOLVER.MAX_ITER" not in o and o["DATASETS.TRAIN"] == '("soco_synthetic_train",)'
-    _, ft = bench.finetune_opts("synthetic", "soco", 0, {"soco": "t.pth"}, args, str(tmp_path / "r"))
+    _, ft = bench.STUDY.finetune_opts(args, "synthetic", "soco", 0, {"soco": "t.pth"}, str(tmp_path / "r"))
     assert "SOLVER.AMP.PRECISION" not in ft  # precision is the config's (fp32 unless bf16 is native)
 
 
@@ -98,7 +98,7 @@ def test_pretrain_iters_override_the_recipe(bench, tmp_path):
 
 
 def test_quick_mode_evaluates_twenty_val_scenes(bench, tmp_path):
-    _, opts = bench.finetune_opts("synthetic", "random", 0, {}, bench.parse_args(["--quick"]), str(tmp_path))
+    _, opts = bench.STUDY.finetune_opts(bench.parse_args(["--quick"]), "synthetic", "random", 0, {}, str(tmp_path))
     o = _opts_dict(opts)
     assert o["DATASETS.TEST"] == '("soco_synthetic_det_val_20",)' and o["SOLVER.MAX_ITER"] == "4"
 
@@ -130,8 +130,8 @@ def test_final_evaluation_and_summary(bench, tmp_path):
         {"iteration": 10, "bbox/AP": 5.0, "bbox/AP50": 9.0, "segm/AP": 4.0, "segm/AP50": 8.0},
     ]
     (tmp_path / "metrics.json").write_text("\n".join(json.dumps(r) for r in records) + "\n")
-    assert bench.final_evaluation(str(tmp_path), max_iter=20) is None  # not the last iteration
-    metrics = bench.final_evaluation(str(tmp_path), max_iter=10)
+    assert bench.harness.final_evaluation(str(tmp_path), max_iter=20) is None  # not the last iteration
+    metrics = bench.harness.final_evaluation(str(tmp_path), max_iter=10)
     assert metrics["bbox"]["AP"] == 5.0 and metrics["segm"]["AP50"] == 8.0
 
     def run(arm, seed, box, mask):
@@ -141,12 +141,12 @@ def test_final_evaluation_and_summary(bench, tmp_path):
 
     runs = [run("random", 0, 1.0, 1.0), run("soco", 0, 3.0, 2.0),
             run("random", 1, float("nan"), float("nan")), run("soco", 1, 5.0, 4.0)]
-    summary = bench.summarize(runs)["synthetic"]
+    summary = bench.STUDY.summarize(runs)["synthetic"]
     assert summary["random"]["bbox_AP"]["mean"] == pytest.approx(0.5)  # NaN (no detection) -> 0
     assert summary["random"]["no_detection_runs"] == 1
     assert summary["soco"]["segm_AP"]["mean"] == pytest.approx(3.0)
     assert summary["delta_soco_minus_random"]["bbox_AP"]["values"] == [2.0, 5.0]
-    table = bench.format_table({"synthetic": summary})
+    table = bench.STUDY.format_table({"synthetic": summary})
     assert "SoCo init" in table and "random init (1 no-det)" in table and "+3.50" in table
     # a long arm name widens the init column instead of pushing its row's figures out of line
     long = bench.harness.format_table({"synthetic": summary}, {"random": "random", "soco": "a much longer arm name"})
@@ -156,5 +156,5 @@ def test_final_evaluation_and_summary(bench, tmp_path):
 
 def test_reuse_with_other_settings_is_refused(bench, tmp_path):
     with pytest.raises(SystemExit, match="other settings"):
-        bench.check_same(["train_net.py", "SEED", "0"], ["train_net.py", "SEED", "1"], str(tmp_path))
-    bench.check_same(["train_net.py", "--resume", "SEED", "0"], ["train_net.py", "SEED", "0"], str(tmp_path))
+        bench.harness.check_same(["train_net.py", "SEED", "0"], ["train_net.py", "SEED", "1"], str(tmp_path))
+    bench.harness.check_same(["train_net.py", "--resume", "SEED", "0"], ["train_net.py", "SEED", "0"], str(tmp_path))
