@@ -141,6 +141,26 @@ def test_info_nce_loss_against_hand_computed_value():
     assert info_nce_loss(e, e.flip(0), 0.05).min() > 1.0
 
 
+def test_info_nce_without_same_image_negatives():
+    # Objects 0, 1 in image 0 and object 2 in image 1. Left out of object 0's denominator:
+    # object 1 (same image); object 2 stays. Object 2 keeps both others (another image).
+    g = torch.Generator().manual_seed(0)
+    v, z = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g)
+    t = 0.3
+    owner = torch.tensor([0, 0, 1])
+    logits = torch.nn.functional.normalize(v, dim=1) @ torch.nn.functional.normalize(z, dim=1).t() / t
+    expected = torch.stack([
+        -torch.log_softmax(logits[0, [0, 2]], 0)[0],
+        -torch.log_softmax(logits[1, [1, 2]], 0)[0],
+        -torch.log_softmax(logits[2], 0)[2],
+    ]) * 2 * t
+    assert torch.allclose(info_nce_loss(v, z, t, owner), expected, atol=1e-6)
+    # one object per image: nothing to leave out
+    assert torch.allclose(info_nce_loss(v, z, t, torch.arange(3)), info_nce_loss(v, z, t))
+    # every object in one image: only the positive is left, loss 0
+    assert torch.allclose(info_nce_loss(v, z, t, torch.zeros(3, dtype=torch.int64)), torch.zeros(3))
+
+
 def test_info_nce_loss_no_grad_into_target_and_cosine_monitor():
     p = torch.randn(6, 8, requires_grad=True)
     z = torch.randn(6, 8, requires_grad=True)

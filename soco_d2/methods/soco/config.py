@@ -92,6 +92,9 @@ def add_soco_config(cfg):
     # the other objects of the batch in the other view are negatives, temperature below).
     _C.MODEL.SOCO.LOSS = "byol"
     _C.MODEL.SOCO.TEMPERATURE = 0.2
+    # With "infonce": whether the other proposals of an object's own image are negatives too
+    # (they overlap it; False leaves them out, so only other images' objects are negatives).
+    _C.MODEL.SOCO.SAME_IMAGE_NEGATIVES = True
     return cfg
 
 

@@ -4,6 +4,8 @@ Shape shorthand:
     M  objects (matched box rows, all images of the batch together)
     D  embedding dimension (MODEL.SOCO.PROJECTOR_DIM)
 """
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
@@ -46,7 +48,8 @@ def symmetric_pair_loss(
     return byol_loss(pred_a, proj_b).mean() + byol_loss(pred_b, proj_a).mean()
 
 
-def info_nce_loss(online_pred: torch.Tensor, target_proj: torch.Tensor, temperature: float) -> torch.Tensor:
+def info_nce_loss(online_pred: torch.Tensor, target_proj: torch.Tensor, temperature: float,
+                  image_index: Optional[torch.Tensor] = None) -> torch.Tensor:
     """
     Per-object InfoNCE with the other objects of the batch as negatives (MoCo v3's form, an
     ablation of SoCo's negative-free loss: ``MODEL.SOCO.LOSS "infonce"``):
@@ -56,10 +59,15 @@ def info_nce_loss(online_pred: torch.Tensor, target_proj: torch.Tensor, temperat
     j over the M target projections of the pair's other view. The factor 2t gives the positive
     cosine the same gradient as BYOL's 2 - 2 cos when the positive dominates the softmax.
 
+    With ``image_index``, the other objects of the object's own image are left out of the sum
+    (j over the other images' objects and i itself): SoCo's K proposals of one image overlap,
+    and pushing them apart asks the features for where in the image a box lies.
+
     Args:
         online_pred: (M, D) online predictions; row i and row i of ``target_proj`` are one object.
         target_proj: (M, D) target projections (no gradient flows into them).
         temperature: t > 0.
+        image_index: optional (M,) the image of each object.
 
     Returns:
         (M,) loss per object, >= 0.
@@ -68,16 +76,20 @@ def info_nce_loss(online_pred: torch.Tensor, target_proj: torch.Tensor, temperat
     z = F.normalize(target_proj.detach().float(), dim=1)
     logits = v @ z.t() / temperature  # (M, M): row i, column j = object i against object j
     labels = torch.arange(v.shape[0], device=v.device)
+    if image_index is not None:
+        same_image = image_index[:, None] == image_index[None, :]
+        same_image.fill_diagonal_(False)  # the positive stays
+        logits = logits.masked_fill(same_image, float("-inf"))
     return 2.0 * temperature * F.cross_entropy(logits, labels, reduction="none")
 
 
 def symmetric_info_nce_loss(
     pred_a: torch.Tensor, pred_b: torch.Tensor, proj_a: torch.Tensor, proj_b: torch.Tensor,
-    temperature: float,
+    temperature: float, image_index: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """``symmetric_pair_loss`` with ``info_nce_loss`` per direction: scalar."""
-    return (info_nce_loss(pred_a, proj_b, temperature).mean()
-            + info_nce_loss(pred_b, proj_a, temperature).mean())
+    return (info_nce_loss(pred_a, proj_b, temperature, image_index).mean()
+            + info_nce_loss(pred_b, proj_a, temperature, image_index).mean())
 
 
 @torch.no_grad()

@@ -97,6 +97,7 @@ class SoCo(MomentumTarget, nn.Module):
         zero_init_residual: bool = False,
         loss: str = "byol",
         temperature: float = 0.2,
+        same_image_negatives: bool = True,
     ):
         """
         Args:
@@ -114,6 +115,8 @@ class SoCo(MomentumTarget, nn.Module):
             loss: "byol" (published) or "infonce" (the batch's other objects as negatives,
                 loss.info_nce_loss).
             temperature: InfoNCE's temperature (unused by "byol").
+            same_image_negatives: with "infonce", whether the other objects of an object's own
+                image are negatives too (False: only other images' objects are).
         """
         super().__init__()
         if zero_init_residual:
@@ -134,6 +137,7 @@ class SoCo(MomentumTarget, nn.Module):
         assert loss in LOSSES, f"unknown SoCo loss {loss!r}"
         self.loss_type = loss
         self.temperature = temperature
+        self.same_image_negatives = same_image_negatives
         if channels_last:
             self.to(memory_format=torch.channels_last)
 
@@ -153,6 +157,7 @@ class SoCo(MomentumTarget, nn.Module):
             "zero_init_residual": cfg.MODEL.SOCO.ZERO_INIT_RESIDUAL,
             "loss": cfg.MODEL.SOCO.LOSS,
             "temperature": cfg.MODEL.SOCO.TEMPERATURE,
+            "same_image_negatives": cfg.MODEL.SOCO.SAME_IMAGE_NEGATIVES,
         }
 
     @property
@@ -216,7 +221,7 @@ class SoCo(MomentumTarget, nn.Module):
         assert len(batched_inputs[0]["pairs"]) > 0, "no view pairs to compute the loss on"
         loss = keepalive
         monitors = {}
-        for a, b, rows_a, rows_b in self._matched_rows(batched_inputs, counts):
+        for a, b, rows_a, rows_b, owner in self._matched_rows(batched_inputs, counts):
             rows_a, rows_b = rows_a.to(self.device), rows_b.to(self.device)
             matched = (
                 online[a]["predictions"][rows_a],
@@ -225,7 +230,9 @@ class SoCo(MomentumTarget, nn.Module):
                 target_proj[b][rows_b],
             )
             if self.loss_type == "infonce":
-                loss = loss + symmetric_info_nce_loss(*matched, self.temperature)
+                loss = loss + symmetric_info_nce_loss(
+                    *matched, self.temperature,
+                    None if self.same_image_negatives else owner.to(self.device))
             else:
                 loss = loss + symmetric_pair_loss(*matched)
             monitors[f"soco/cos_v{a + 1}_v{b + 1}"] = pair_cosine(*matched)
@@ -315,7 +322,8 @@ class SoCo(MomentumTarget, nn.Module):
     def _matched_rows(batched_inputs: List[dict], counts: List[List[int]]):
         """
         For every view pair (a, b): the rows of the N * K matched objects in view a's and view
-        b's (sum_i B_v,i, ...) outputs, image by image, same order in both.
+        b's (sum_i B_v,i, ...) outputs, image by image, same order in both, and the image of
+        each of those objects.
         """
         num_pairs = len(batched_inputs[0]["pairs"])
         assert all(len(x["pairs"]) == num_pairs for x in batched_inputs), "images differ in pairs"
@@ -324,11 +332,12 @@ class SoCo(MomentumTarget, nn.Module):
 
         for p in range(num_pairs):
             a, b = batched_inputs[0]["pairs"][p][:2]
-            rows_a, rows_b = [], []
+            rows_a, rows_b, owner = [], [], []
             for i, x in enumerate(batched_inputs):
                 pa, pb, idx_a, idx_b = x["pairs"][p]
                 assert (pa, pb) == (a, b), "pair order differs between images"
                 assert len(idx_a) == len(idx_b), "unequal matches in a pair"
                 rows_a.append(torch.as_tensor(idx_a, dtype=torch.int64) + offsets[a][i])
                 rows_b.append(torch.as_tensor(idx_b, dtype=torch.int64) + offsets[b][i])
-            yield a, b, torch.cat(rows_a), torch.cat(rows_b)
+                owner.append(torch.full((len(idx_a),), i, dtype=torch.int64))
+            yield a, b, torch.cat(rows_a), torch.cat(rows_b), torch.cat(owner)
