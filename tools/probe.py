@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""Compare trunks with the probe: kNN / linear category accuracy of their ground-truth box
-features on a labelled COCO-format set (soco_d2/evaluation/probe.py), nothing trained.
+"""Compare trunks with the probe: kNN / linear category accuracy (plain and class-balanced,
+``*_bal``) of their ground-truth box features on a labelled COCO-format set
+(soco_d2/evaluation/probe.py), nothing trained.
 
     # the demo's SoCo trunk vs random initialisation, on the embedded val scenes
     python tools/probe.py --config-file configs/transfer/faster_rcnn_R18_FPN_synthetic.yaml \\
@@ -39,7 +40,8 @@ from soco_d2.config import load_config  # noqa: E402
 from soco_d2.evaluation.probe import load_probe_images, probe_trunk, trunk_from_detector  # noqa: E402
 from soco_d2.utils.atomic_io import atomic_write_json  # noqa: E402
 
-COLUMNS = ("knn_head", "linear_head", "erank_head", "dead_head", "knn_pooled", "linear_pooled", "erank_pooled")
+COLUMNS = ("knn_head", "knn_head_bal", "linear_head", "linear_head_bal", "erank_head", "dead_head",
+           "knn_pooled", "knn_pooled_bal", "linear_pooled", "linear_pooled_bal", "erank_pooled")
 RANDOM = "random"
 
 
@@ -67,9 +69,10 @@ def parse_args(argv=None):
 
 def format_table(rows) -> str:
     name_w = max(len("trunk"), *(len(r["trunk"]) for r in rows))
-    lines = [f"{'trunk':<{name_w}}  " + "  ".join(f"{c:>13}" for c in COLUMNS)]
+    width = max(len(c) for c in COLUMNS)
+    lines = [f"{'trunk':<{name_w}}  " + "  ".join(f"{c:>{width}}" for c in COLUMNS)]
     for r in rows:
-        cells = [f"{r[c]:>13.3f}" if c in r else f"{'-':>13}" for c in COLUMNS]
+        cells = [f"{r[c]:>{width}.3f}" if c in r else f"{'-':>{width}}" for c in COLUMNS]
         lines.append(f"{r['trunk']:<{name_w}}  " + "  ".join(cells))
     return "\n".join(lines)
 
