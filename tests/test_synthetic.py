@@ -1,6 +1,8 @@
 """Tests for the embedded synthetic dataset (soco_d2.data.synthetic)."""
+import hashlib
 import json
 import os
+from collections import Counter
 
 import cv2
 import numpy as np
@@ -9,7 +11,13 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
 from soco_d2.data.synthetic import dataset as syn
-from soco_d2.data.synthetic.scene import MAX_OBJECTS, MAX_ROTATION_DEG, MIN_OBJECTS
+from soco_d2.data.synthetic.drawing import FILL_KINDS
+from soco_d2.data.synthetic.scene import (
+    CATEGORY_APPEARANCE,
+    MAX_OBJECTS,
+    MAX_ROTATION_DEG,
+    MIN_OBJECTS,
+)
 from soco_d2.data.synthetic import (
     SYNTHETIC_CATEGORIES,
     generate_synthetic_dataset,
@@ -247,3 +255,179 @@ def test_cli(tmp_path, capsys):
     assert cli.main(argv[:3] + ["5"] + argv[4:]) == 2  # conflicting args without --overwrite
     assert cli.main(argv[:3] + ["5"] + argv[4:] + ["--overwrite"]) == 0
     assert len(os.listdir(os.path.join(out, "train"))) == 5
+
+
+# ---------------------------------------------------------------------------
+# appearance: "independent" (generator 2.0's scenes) and "category"
+# ---------------------------------------------------------------------------
+# sha256 of the pixels, shape and annotations of five scenes (seed 0, 128-176 px) rendered by
+# the code at commit 4074334, before the appearance setting existed. "independent" has to
+# reproduce them exactly, so that every figure measured on those scenes stays reproducible
+# (on the same numpy / OpenCV versions, as the determinism above).
+_GENERATOR_2_0_SCENES = {
+    ("train", 0): "aea4e52cf6e7d4744a9e64c6e25ba7900912352e822ceac53c220dc71953d0d0",
+    ("train", 1): "486d018c1145afaf4b514987a90fd29a41efb87ecf3a0325c4e4ea924e64896d",
+    ("train", 2): "4b6350118487a6a176d1110ad9f30282a4ee6f4e5df2ceeaee7aca2e0552da1c",
+    ("val", 0): "381bb8e9355492c4eb184ae6cebb7b65dbf41afb7ee55a725e55cf6359d9ceb0",
+    ("val", 5): "1925aa2376a6aa1770d76fb74cb28c0419f71feef82cd6ef05c4551ed20671a6",
+}
+
+
+def _scene_digest(rgb, objects):
+    h = hashlib.sha256(rgb.tobytes())
+    h.update(repr(rgb.shape).encode())
+    for o in objects:
+        h.update(json.dumps([o["category"]["id"], o["flat"], o["bbox"]]).encode())
+    return h.hexdigest()
+
+
+def test_independent_appearance_reproduces_generator_2_0():
+    for (split, index), digest in _GENERATOR_2_0_SCENES.items():
+        rgb, objects = syn.render_synthetic_scene(0, split, index, 128, 176, appearance="independent")
+        assert _scene_digest(rgb, objects) == digest, (split, index)
+
+
+def test_category_appearance_deterministic_and_only_the_fills_change():
+    for index in range(3):
+        a = syn.render_synthetic_scene(0, "train", index, 96, 128, appearance="category")
+        b = syn.render_synthetic_scene(0, "train", index, 96, 128, appearance="category")
+        assert _scene_digest(*a) == _scene_digest(*b)
+        c = syn.render_synthetic_scene(0, "train", index, 96, 128, appearance="independent")
+        # sizes, backgrounds and the layout are drawn before the objects' colours: the same
+        assert a[0].shape == c[0].shape
+        assert [(o["category"], o["flat"]) for o in a[1]] == [(o["category"], o["flat"]) for o in c[1]]
+        outside = ~np.any([o["mask"] for o in a[1]], axis=0)
+        assert not np.array_equal(a[0][~outside], c[0][~outside])
+    with pytest.raises(ValueError, match="appearance"):
+        syn.render_synthetic_scene(0, "train", 0, 96, 128, appearance="shape")
+
+
+def _object_stats(appearance, n_scenes=200):
+    """(category index, unit vector of the object's mean hue, fill, fill residual) of every
+    object in ``n_scenes`` rendered scenes (~470 objects). The mean hue is the circular mean
+    of the hue of the object's pixels, weighted by their saturation; the residual is the std
+    of the object's pixels about the best plane (solid and gradient fills are nearly planar)."""
+    rows = []
+    for index in range(n_scenes):
+        rgb, objects = syn.render_synthetic_scene(1, "train", index, 96, 112, appearance=appearance)
+        hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV_FULL).astype(np.float64)
+        for o in objects:
+            hue, sat = hsv[o["mask"]][:, 0] * (2 * np.pi / 256), hsv[o["mask"]][:, 1]
+            v = np.array([np.sum(sat * np.cos(hue)), np.sum(sat * np.sin(hue))])
+            ys, xs = np.nonzero(o["mask"])
+            plane = np.stack([xs, ys, np.ones_like(xs)], 1).astype(np.float64)
+            pixels = rgb[ys, xs].astype(np.float64)
+            coef = np.linalg.lstsq(plane, pixels, rcond=None)[0]
+            residual = float((pixels - plane @ coef).std())
+            rows.append((o["category"]["id"] - 1, v / np.linalg.norm(v), o["fill"], residual))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def object_stats():
+    return {appearance: _object_stats(appearance) for appearance in syn.APPEARANCES}
+
+
+def _hue_by_category(rows):
+    """Per-category mean of the objects' hue unit vectors (4, 2) and the accuracy of naming
+    an object's category by the nearest of those means."""
+    cats = np.array([r[0] for r in rows])
+    hues = np.array([r[1] for r in rows])
+    means = np.array([hues[cats == c].mean(axis=0) for c in range(len(SYNTHETIC_CATEGORIES))])
+    accuracy = float(np.mean(np.argmax(hues @ means.T, axis=1) == cats))
+    return means, accuracy
+
+
+def _pairwise(means):
+    d = np.linalg.norm(means[:, None] - means[None], axis=-1)
+    return d[np.triu_indices(len(means), 1)]
+
+
+def _fill_shares(rows):
+    """{category index: {fill: share of that category's objects}}."""
+    counts = {}
+    for cat, _, fill, _ in rows:
+        counts.setdefault(cat, Counter())[fill] += 1
+    return {cat: {f: n / sum(c.values()) for f, n in c.items()} for cat, c in counts.items()}
+
+
+def test_category_appearance_hue_goes_with_the_category(object_stats):
+    rows = object_stats["category"]
+    assert len(rows) >= 400
+    means, accuracy = _hue_by_category(rows)
+    # each category's hues concentrate (a mean resultant far from 0) in different directions
+    assert np.linalg.norm(means, axis=1).min() > 0.5, means
+    assert _pairwise(means).min() > 0.7, means
+    # ... and overlap: the hue alone names the category well above chance, but not always
+    assert 0.55 < accuracy < 0.85, accuracy
+
+
+def test_independent_appearance_hue_ignores_the_category(object_stats):
+    means, accuracy = _hue_by_category(object_stats["independent"])
+    # sampling noise alone: ~0.1 between two categories' means of ~117 random directions
+    assert _pairwise(means).max() < 0.4, means
+    assert accuracy < 0.4, accuracy  # chance is 0.25
+
+
+def test_category_appearance_prefers_one_fill_per_category(object_stats):
+    shares = _fill_shares(object_stats["category"])
+    assert sorted(shares) == list(range(len(SYNTHETIC_CATEGORIES)))
+    for cat, share in shares.items():
+        name = SYNTHETIC_CATEGORIES[cat]["name"]
+        top = max(share, key=share.get)
+        assert top == CATEGORY_APPEARANCE[name]["fill"], (name, share)
+        assert 0.45 < share[top] < 0.85, (name, share)
+        assert len(share) == len(FILL_KINDS)  # the other kinds occur too
+
+
+def test_independent_appearance_fills_ignore_the_category(object_stats):
+    for cat, share in _fill_shares(object_stats["independent"]).items():
+        assert max(share.values()) < 0.4, (SYNTHETIC_CATEGORIES[cat]["name"], share)
+
+
+def test_recorded_fill_is_the_drawn_one(object_stats):
+    """The ``fill`` an object reports is what its pixels show: solid and gradient fills (a
+    plane plus shading and sensor noise) fit a plane closely, textured ones do not."""
+    rows = object_stats["category"] + object_stats["independent"]
+    flat = [r[3] for r in rows if r[2] in ("solid", "gradient")]
+    textured = [r[3] for r in rows if r[2] in ("stripes", "dots", "noise")]
+    assert flat and textured
+    assert max(flat) < 5.0
+    assert np.median(textured) > 8.0
+
+
+def test_appearance_is_recorded_and_a_change_is_detected(tmp_path):
+    out = str(tmp_path / "ds")
+    generate_synthetic_dataset(out, **SMALL)
+    manifest = json.loads(_read(os.path.join(out, "manifest.json")))
+    assert manifest["params"]["appearance"] == "category" == syn.DEFAULTS["appearance"]
+    with pytest.raises(ValueError, match="appearance"):
+        generate_synthetic_dataset(out, **SMALL, appearance="independent")
+    with pytest.raises(ValueError, match="appearance"):
+        generate_synthetic_dataset(str(tmp_path / "x"), **SMALL, appearance="shape")
+
+    # A dataset written before the setting existed (no "appearance" in its manifest) holds the
+    # independent scenes: up to date for "independent", different from "category".
+    old = str(tmp_path / "old")
+    generate_synthetic_dataset(old, **SMALL, appearance="independent")
+    path = os.path.join(old, "manifest.json")
+    manifest = json.loads(_read(path))
+    del manifest["params"]["appearance"]
+    with open(path, "w") as f:
+        json.dump(manifest, f)
+    before = {rel: os.stat(p).st_mtime_ns for rel, p in _files(old).items()}
+    generate_synthetic_dataset(old, **SMALL, appearance="independent")
+    assert {rel: os.stat(p).st_mtime_ns for rel, p in _files(old).items()} == before
+    with pytest.raises(ValueError, match="different"):
+        generate_synthetic_dataset(old, **SMALL)
+
+
+def test_cli_appearance(tmp_path):
+    cli = load_script("tools/make_synthetic_dataset.py")
+    out = str(tmp_path / "cli")
+    argv = ["--out", out, "--num-train", "2", "--num-val", "1", "--min-size", "96", "--max-size", "96"]
+    assert cli.main(argv + ["--appearance", "independent"]) == 0
+    assert json.loads(_read(os.path.join(out, "manifest.json")))["params"]["appearance"] == "independent"
+    assert cli.main(argv) == 2  # the default, "category", differs
+    with pytest.raises(SystemExit):
+        cli.main(argv + ["--appearance", "shape"])

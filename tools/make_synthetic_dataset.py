@@ -5,6 +5,12 @@ Example (from the repository root)::
 
     python tools/make_synthetic_dataset.py --out datasets/soco_synthetic
     python tools/make_synthetic_dataset.py --out datasets/soco_synthetic --num-train 1000 --seed 1 --overwrite
+    python tools/make_synthetic_dataset.py --out datasets/soco_synthetic_independent --appearance independent
+
+``--appearance category`` (the default) gives each category its own colour distribution and
+preferred texture as well as its shape; ``--appearance independent`` draws colour and texture
+independently of the category (only the shape tells them apart), the scenes every figure
+measured before the setting existed was made with.
 
 Running it again with the same arguments is a no-op; different arguments on an existing
 dataset folder need --overwrite.
@@ -22,6 +28,7 @@ except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from soco_d2.data.synthetic import (  # noqa: E402
+    APPEARANCES,
     DEFAULTS,
     MANIFEST_NAME,
     generate_synthetic_dataset,
@@ -36,6 +43,8 @@ def parse_args(argv=None):
                             ("min_size", "smallest image side in px"), ("max_size", "largest image side in px")):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=DEFAULTS[name],
                        help=f"{help_text} (default: %(default)s)")
+    p.add_argument("--appearance", choices=APPEARANCES, default=DEFAULTS["appearance"],
+                   help="colour and texture per category, or independent of it (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true",
                    help="regenerate even if the folder already holds a synthetic dataset")
     return p.parse_args(argv)
@@ -63,6 +72,7 @@ def main(argv=None) -> int:
             seed=args.seed,
             min_size=args.min_size,
             max_size=args.max_size,
+            appearance=args.appearance,
             overwrite=args.overwrite,
         )
     except (ValueError, TypeError) as e:

@@ -1,13 +1,25 @@
 """Embedded default dataset: deterministic synthetic scenes with COCO annotations.
 
 The generator draws 1-4 shapes of four categories (circle, square, triangle, star) in their
-canonical pose (rotated by at most 15 degrees), with a colour and a texture drawn independently
-of the category, at 25-60% of the image's short side, on textured backgrounds (gradients,
-fractal noise, stripes, checkers). Only the shape tells the categories apart, so a probe or a
-detector that separates them has learnt shape. Every image has its own size (128-176 px by
-default: small enough for pretraining and fine-tuning on a CPU). Annotations are written in
-COCO "instances" format so that Detectron2's ``load_coco_json`` (and pycocotools) read them
-directly.
+canonical pose (rotated by at most 15 degrees), at 25-60% of the image's short side, on
+textured backgrounds (gradients, fractal noise, stripes, checkers), each filled with a colour
+and a texture (solid, stripes, dots, noise, gradient) drawn according to ``appearance``:
+
+* ``"category"`` (the default): as in natural categories, appearance goes with the class as
+  well as shape. Each category has its own hue distribution (a centre per category, a quarter
+  turn apart, with a spread that lets neighbours overlap) and a preferred texture (drawn 60% of
+  the time). An object's mean hue names its class ~71% of the time and its texture at best
+  62.5%, so the cues a label-free method can pick up by matching objects across views (colour
+  and texture, the cheapest) carry the class, and shape is still needed for the rest.
+* ``"independent"``: colour and texture are drawn independently of the category, so only the
+  shape tells the categories apart and a probe or detector that separates them has learnt
+  shape. These are the scenes of generator 2.0, byte for byte (every figure measured before
+  the setting existed was made with them).
+
+The constants and why they were chosen: :mod:`.scene` (``CATEGORY_APPEARANCE``). Every image
+has its own size (128-176 px by default: small enough for pretraining and fine-tuning on a
+CPU). Annotations are written in COCO "instances" format so that Detectron2's
+``load_coco_json`` (and pycocotools) read them directly.
 
 Modules: :mod:`.drawing` (backgrounds, fills, shapes), :mod:`.scene` (object layout and one
 scene), :mod:`.dataset` (the files, jsons and manifest).
@@ -54,4 +66,4 @@ from .dataset import (
     read_synthetic_manifest,
     synthetic_split_paths,
 )
-from .scene import SYNTHETIC_CATEGORIES, render_synthetic_scene
+from .scene import APPEARANCES, SYNTHETIC_CATEGORIES, render_synthetic_scene

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from ...utils.atomic_io import atomic_write_json
-from .scene import SYNTHETIC_CATEGORIES, render_synthetic_scene
+from .scene import APPEARANCES, SYNTHETIC_CATEGORIES, render_synthetic_scene
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -34,13 +34,19 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Bump whenever the drawing code (drawing.py, scene.py) changes in a way that alters the
-#: output files.
+#: output files of existing arguments. Not bumped for the ``appearance`` setting: "independent"
+#: draws exactly the files of 2.0, and "category" is told apart by the recorded parameter, so a
+#: 2.0 dataset stays valid for ``appearance="independent"`` (see ``read_synthetic_manifest``).
 GENERATOR_VERSION = "2.0"
 
 #: The embedded dataset (``make demo``): 2000 unlabelled-for-pretraining train images (their
 #: labels are used only by the low-label fine-tuning split of the first 100, see
-#: soco_d2/data/builtin.py) and 200 val images, 128-176 px.
-DEFAULTS = {"num_train": 2000, "num_val": 200, "seed": 0, "min_size": 128, "max_size": 176}
+#: soco_d2/data/builtin.py) and 200 val images, 128-176 px, with per-category appearance.
+DEFAULTS = {"num_train": 2000, "num_val": 200, "seed": 0, "min_size": 128, "max_size": 176,
+            "appearance": "category"}
+
+#: What a manifest written before the ``appearance`` setting existed drew.
+_APPEARANCE_BEFORE_SETTING = "independent"
 
 SPLITS = ("train", "val")
 
@@ -76,17 +82,26 @@ def synthetic_split_paths(out_dir: str, split: str) -> Tuple[str, str]:
 
 
 def read_synthetic_manifest(out_dir: str) -> Optional[dict]:
-    """Return the manifest of a complete synthetic dataset in ``out_dir``, or None."""
+    """Return the manifest of a complete synthetic dataset in ``out_dir``, or None.
+
+    The params of a manifest written before the ``appearance`` setting existed gain
+    ``appearance="independent"``, the only scenes that code drew (the file is not changed).
+    """
     path = os.path.join(out_dir, MANIFEST_NAME)
     try:
         with open(path, "r", encoding="utf-8") as f:
             manifest = json.load(f)
     except (OSError, ValueError):
         return None
-    return manifest if isinstance(manifest, dict) else None
+    if not isinstance(manifest, dict):
+        return None
+    params = manifest.get("params")
+    if isinstance(params, dict) and "appearance" not in params:
+        manifest["params"] = dict(params, appearance=_APPEARANCE_BEFORE_SETTING)
+    return manifest
 
 
-def _params(num_train, num_val, seed, min_size, max_size) -> dict:
+def _params(num_train, num_val, seed, min_size, max_size, appearance) -> dict:
     return {
         "generator_version": GENERATOR_VERSION,
         "seed": seed,
@@ -94,6 +109,7 @@ def _params(num_train, num_val, seed, min_size, max_size) -> dict:
         "num_val": num_val,
         "min_size": min_size,
         "max_size": max_size,
+        "appearance": appearance,
     }
 
 
@@ -137,7 +153,8 @@ def _generate_split(root: str, split: str, count: int, params: dict, id_base: in
     for index in range(count):
         image_id = id_base + index + 1
         rgb, objects = render_synthetic_scene(
-            params["seed"], split, index, params["min_size"], params["max_size"]
+            params["seed"], split, index, params["min_size"], params["max_size"],
+            appearance=params["appearance"],
         )
         h, w = rgb.shape[:2]
         file_name = _file_name(index)
@@ -185,7 +202,7 @@ def _generate_split(root: str, split: str, count: int, params: dict, id_base: in
     }
 
 
-def _check_args(num_train, num_val, seed, min_size, max_size) -> None:
+def _check_args(num_train, num_val, seed, min_size, max_size, appearance) -> None:
     for name, value in (("num_train", num_train), ("num_val", num_val), ("seed", seed),
                         ("min_size", min_size), ("max_size", max_size)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -194,6 +211,8 @@ def _check_args(num_train, num_val, seed, min_size, max_size) -> None:
             raise ValueError(f"{name} must be >= 0, got {value}")
     if num_train + num_val == 0:
         raise ValueError("num_train + num_val must be > 0")
+    if appearance not in APPEARANCES:
+        raise ValueError(f"appearance must be one of {APPEARANCES}, got {appearance!r}")
     if not _MIN_IMAGE_SIDE <= min_size <= max_size <= _MAX_IMAGE_SIDE:
         raise ValueError(
             f"need {_MIN_IMAGE_SIDE} <= min_size <= max_size <= {_MAX_IMAGE_SIDE}, "
@@ -212,6 +231,7 @@ def generate_synthetic_dataset(
     seed: int = DEFAULTS["seed"],
     min_size: int = DEFAULTS["min_size"],
     max_size: int = DEFAULTS["max_size"],
+    appearance: str = DEFAULTS["appearance"],
     overwrite: bool = False,
 ) -> dict:
     """Generate the synthetic COCO-style dataset into ``out_dir`` (see module docstring).
@@ -219,16 +239,20 @@ def generate_synthetic_dataset(
     Returns ``{"train": (json_path, image_root), "val": (json_path, image_root)}``
     (paths are ``out_dir`` joined with relative parts, as ``synthetic_split_paths``).
 
+    ``appearance``: "category" (each category has its own colour distribution and preferred
+    texture) or "independent" (colour and texture independent of the category: the scenes of
+    generator 2.0, byte for byte); see :mod:`soco_d2.data.synthetic`.
+
     * ``out_dir`` holds a complete dataset made with the same arguments: no-op.
     * ``out_dir`` holds a dataset made with other arguments: ``ValueError`` unless
       ``overwrite=True``, which regenerates it (``overwrite=True`` always regenerates).
     * ``out_dir`` exists, is not empty and is not a synthetic dataset: ``ValueError``
       even with ``overwrite=True`` (we never delete folders we did not create).
     """
-    _check_args(num_train, num_val, seed, min_size, max_size)
+    _check_args(num_train, num_val, seed, min_size, max_size, appearance)
     num_train, num_val, seed = int(num_train), int(num_val), int(seed)
     min_size, max_size = int(min_size), int(max_size)
-    params = _params(num_train, num_val, seed, min_size, max_size)
+    params = _params(num_train, num_val, seed, min_size, max_size, appearance)
     out_dir = os.path.normpath(out_dir)
 
     replace_existing = False

@@ -1,9 +1,11 @@
 """Pixels and polygons of the synthetic scenes (see :mod:`soco_d2.data.synthetic`).
 
 Colour helpers and textures (fractal noise, stripes, checkers, gradients, dots), backgrounds,
-object colours and fills, and the shapes' polygons. Every function draws from the numpy
-``Generator`` it is given, in a fixed order, so a scene is a function of its seed: changing
-the order or number of draws changes the output files (bump ``GENERATOR_VERSION`` in
+object colours and fills, and the shapes' polygons. Object colours and fill kinds are drawn
+either independently of anything (``hue=None`` / ``preferred=None``: the scenes of generator
+2.0) or from a distribution that :mod:`.scene` chooses per category. Every function draws from
+the numpy ``Generator`` it is given, in a fixed order, so a scene is a function of its seed:
+changing the order or number of draws changes the output files (bump ``GENERATOR_VERSION`` in
 ``dataset.py``).
 """
 
@@ -15,16 +17,24 @@ import math
 import cv2
 import numpy as np
 
-__all__ = ["EDGE_MARGIN", "background", "object_colours", "object_fill", "shape_polygon"]
+__all__ = [
+    "EDGE_MARGIN", "FILL_KINDS", "background", "fill_kind", "object_colours", "object_fill",
+    "shape_polygon",
+]
 
 EDGE_MARGIN = 1.0  # polygons stay at least this far from the image border
+
+#: The kinds of object fill, by index as :func:`object_fill` takes them.
+FILL_KINDS = ("solid", "stripes", "dots", "noise", "gradient")
 
 
 # ---------------------------------------------------------------------------
 # Small helpers
 # ---------------------------------------------------------------------------
-def _hsv(rng: np.random.Generator, s_range, v_range) -> np.ndarray:
-    h = rng.random()
+def _hsv(rng: np.random.Generator, s_range, v_range, hue=None) -> np.ndarray:
+    """A random colour (RGB float32, 0-255); its hue is uniform, or with ``hue=(centre,
+    spread)`` normal around ``centre`` with standard deviation ``spread`` (in turns, wrapped)."""
+    h = rng.random() if hue is None else rng.normal(hue[0], hue[1]) % 1.0
     s = rng.uniform(*s_range)
     v = rng.uniform(*v_range)
     return np.array(colorsys.hsv_to_rgb(h, s, v), dtype=np.float32) * 255.0
@@ -139,11 +149,13 @@ def _mix_images(a: np.ndarray, b: np.ndarray, alpha: float) -> np.ndarray:
     return a * (1.0 - alpha) + b * alpha
 
 
-def object_colours(rng: np.random.Generator, bg_mean: np.ndarray):
-    """Primary colour well separated from the local background, plus a partner."""
+def object_colours(rng: np.random.Generator, bg_mean: np.ndarray, hue=None):
+    """Primary colour well separated from the local background, plus a partner (white, black
+    or another colour). ``hue``: None (uniform hues) or ``(centre, spread)`` for both colours,
+    as :func:`_hsv` takes it."""
     best, best_d = None, -1.0
     for _ in range(24):
-        c = _hsv(rng, (0.35, 1.0), (0.3, 1.0))
+        c = _hsv(rng, (0.35, 1.0), (0.3, 1.0), hue)
         d = float(np.linalg.norm(c - bg_mean))
         if d > best_d:
             best, best_d = c, d
@@ -155,14 +167,25 @@ def object_colours(rng: np.random.Generator, bg_mean: np.ndarray):
     elif partner_kind == 1:
         target = np.zeros(3, np.float32)
     else:
-        target = _hsv(rng, (0.3, 1.0), (0.3, 1.0))
+        target = _hsv(rng, (0.3, 1.0), (0.3, 1.0), hue)
     c2 = best + rng.uniform(0.35, 0.7) * (target - best)
     return best, c2.astype(np.float32)
 
 
-def object_fill(rng: np.random.Generator, h: int, w: int, c0, c1) -> np.ndarray:
+def fill_kind(rng: np.random.Generator, preferred=None, p_preferred: float = 1.0) -> int:
+    """Index into FILL_KINDS: uniform (``preferred=None``), or ``preferred`` with probability
+    ``p_preferred`` and one of the other kinds, uniformly, otherwise."""
+    if preferred is None:
+        return int(rng.integers(len(FILL_KINDS)))
+    if rng.random() < p_preferred:
+        return int(preferred)
+    others = [k for k in range(len(FILL_KINDS)) if k != preferred]
+    return others[int(rng.integers(len(others)))]
+
+
+def object_fill(rng: np.random.Generator, h: int, w: int, c0, c1, kind: int) -> np.ndarray:
+    """The object's pixels (h, w, 3) in colours c0 / c1 with fill FILL_KINDS[kind], shaded."""
     side = max(4, min(h, w))
-    kind = int(rng.integers(5))
     if kind == 0:  # solid
         img = np.broadcast_to(c0, (h, w, 3)).astype(np.float32)
     elif kind == 1:  # stripes
