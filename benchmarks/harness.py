@@ -392,6 +392,28 @@ def run_finetuning(tag: str, labels: dict, config_file: str, opts, output_dir: s
     return dict(record, reused=False)
 
 
+def supervised_reference(tag: str, labels: dict, config_file: str, opts, output_dir: str, trunk: str,
+                         prefixes: Tuple[str, ...], max_iter: int, keep_checkpoints: bool) -> dict:
+    """A detector trained WITH labels (a reference arm, not a method), cut down to the trunk a
+    pretrained arm would hand over: :func:`run_finetuning` (reused, resumed or run; it must
+    evaluate, so the config needs a DATASETS.TEST), then the keys of ``prefixes`` of its
+    ``model_final.pth`` written to ``trunk``. Returns its record (``trunk`` added)."""
+    final = os.path.join(output_dir, "model_final.pth")
+    # Checkpoints are kept until the trunk is cut out of model_final.pth, then deleted.
+    record = run_finetuning(tag, labels, config_file, opts, output_dir, max_iter,
+                            keep_checkpoints=True, pretrained=False, trunk_prefixes=())
+    if record.get("failed"):
+        raise SystemExit(f"{tag} failed; see {record['output_dir']}/stdout.log")
+    if os.path.isfile(final):
+        keep_prefixes(final, trunk, prefixes)
+        if not keep_checkpoints:
+            drop_checkpoints(output_dir)
+    elif not os.path.isfile(trunk):
+        raise SystemExit(f"{rel(output_dir)} has a result but neither model_final.pth nor {rel(trunk)}: "
+                         "delete the folder to train the reference again")
+    return dict(record, trunk=rel(trunk))
+
+
 # -------------------------------------------------------------------------------------- data
 def prepare_data(name: str) -> None:
     """Create what pretraining and fine-tuning on ``name`` read, when it is missing: the embedded

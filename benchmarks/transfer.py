@@ -59,8 +59,7 @@ if BENCH_DIR not in sys.path:
 
 import harness  # noqa: E402
 from harness import (  # noqa: E402
-    REPO_ROOT, drop_checkpoints, fmt, keep_prefixes, paired_gain_bar, probe_summary, rel, run_finetuning,
-    scaled_schedule,
+    REPO_ROOT, fmt, paired_gain_bar, probe_summary, rel, scaled_schedule, supervised_reference,
 )
 
 # Arm -> its name in tables; the first arm is the baseline the others are paired with.
@@ -124,20 +123,10 @@ def supervised_trunk(name: str, args) -> tuple:
     if args.quick:
         opts += STUDY.quick_finetune_opts(args, name)
     opts += ["SEED", "0", "OUTPUT_DIR", rel(output_dir)]
-    final = os.path.join(output_dir, "model_final.pth")
-    # Checkpoints are kept until the trunk is cut out of model_final.pth, then deleted.
-    record = run_finetuning(f"[{name} supervised reference]", {"dataset": name, "arm": "supervised_pretrain"},
-                            DATASETS[name]["finetune_config"], opts, output_dir, iters,
-                            keep_checkpoints=True, pretrained=False, trunk_prefixes=())
-    if record.get("failed"):
-        raise SystemExit(f"the supervised reference failed; see {record['output_dir']}/stdout.log")
-    if os.path.isfile(final):
-        keep_prefixes(final, trunk, TRUNK_PREFIXES)
-        if not args.keep_checkpoints:
-            drop_checkpoints(output_dir)
-    elif not os.path.isfile(trunk):
-        raise SystemExit(f"{rel(output_dir)} has a result but neither model_final.pth nor {rel(trunk)}: "
-                         "delete the folder to train the reference again")
+    record = supervised_reference(f"[{name} supervised reference]", {"dataset": name, "arm": "supervised_pretrain"},
+                                  DATASETS[name]["finetune_config"], opts, output_dir, trunk, TRUNK_PREFIXES,
+                                  iters, args.keep_checkpoints)
+    record.pop("trunk")  # the JSON's supervised_reference record as before
     return record, trunk
 
 

@@ -56,7 +56,7 @@ def test_supervised_reference_trains_with_labels_and_keeps_the_trunk(bench, tmp_
                     "optimizer": {}, "iteration": 299}, os.path.join(output_dir, "model_final.pth"))
         return dict(labels, output_dir=output_dir, bbox_AP=50.0)
 
-    monkeypatch.setattr(bench, "run_finetuning", fake_run)
+    monkeypatch.setattr(bench.harness, "run_finetuning", fake_run)  # what harness.supervised_reference runs
     record, trunk = bench.supervised_trunk("synthetic", args)
     assert seen["DATASETS.TRAIN"] == '("soco_synthetic_det_train",)' and seen["MODEL.WEIGHTS"] == ""
     assert seen["max_iter"] == 300 and seen["SOLVER.MAX_ITER"] == "300" and seen["keep"] is True
