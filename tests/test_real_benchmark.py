@@ -1,0 +1,117 @@
+"""benchmarks/real.py, the real-photo study, through its driver with fake subprocess runs: the
+arms and their pretrainings, the supervised reference cut to its ResNet, the probe of every
+trunk, the bar and the table."""
+import json
+import os
+
+import pytest
+import torch
+
+from train_helpers import load_script
+
+
+@pytest.fixture
+def bench():
+    return load_script("benchmarks/real.py", "real_bench")
+
+
+# Box AP of a fake fine-tuning run by the folder its weights come from, at seed s.
+FAKE_AP = {"": lambda s: 5.0 + s, "pretrain_soco": lambda s: 9.0 + 1.1 * s,
+           "pretrain_aligndet": lambda s: 12.0, "pretrain_montage": lambda s: 4.0,
+           "supervised_trunk": lambda s: 15.0 + s}
+
+
+@pytest.fixture
+def fake_runs(bench, monkeypatch):
+    """Every subprocess step replaced by what it would write; returns the commands run."""
+    harness = bench.harness
+    commands = []
+
+    def run_logged(cmd, log_path):
+        commands.append(cmd[1:])
+        script = cmd[1]
+        if script == "tools/probe.py":
+            weights = cmd[cmd.index("--weights") + 1:cmd.index("--out")]
+            rows = [{"trunk": w, "knn_head_bal": 0.1 + 0.01 * i} for i, w in enumerate(weights)]
+            harness.write_json(cmd[cmd.index("--out") + 1], {"results": rows})
+            return 0, 1.0
+        if script == "tools/plot_probe.py":
+            open(cmd[cmd.index("--out") + 1], "wb").close()
+            return 0, 1.0
+        i = cmd.index("--num-gpus") + 2
+        opts = dict(zip(cmd[i::2], cmd[i + 1::2]))
+        out, config = opts["OUTPUT_DIR"], cmd[cmd.index("--config-file") + 1]
+        os.makedirs(out, exist_ok=True)
+        iters = int(opts["SOLVER.MAX_ITER"]) if "SOLVER.MAX_ITER" in opts else harness.config_max_iter(config)
+        records = [{"iteration": k, "total_loss": 1.0} for k in range(iters)]
+        if config.startswith(("configs/transfer/", "configs/supervised/")):
+            if config.startswith("configs/supervised/"):
+                t = torch.ones(1)
+                torch.save({"model": {"backbone.bottom_up.stem.conv1.weight": t, "backbone.fpn_lateral2.weight": t,
+                                      "roi_heads.box_head.fc1.weight": t}}, os.path.join(out, "model_final.pth"))
+            source = next((k for k in FAKE_AP if k and k in opts["MODEL.WEIGHTS"]), "")
+            ap = FAKE_AP[source](int(opts["SEED"]))
+            records.append({"iteration": len(records) - 1, "bbox/AP": ap, "bbox/AP50": 2 * ap})
+        else:
+            open(os.path.join(out, harness.TRUNK_FILE), "wb").close()
+            harness.write_json(os.path.join(out, "probe.json"), {
+                "dataset": "imagenette_160_val_select",
+                "probes": [{"iteration": 0, "when": "initialisation", "knn_head": 0.2},
+                           {"iteration": 2, "when": "final", "knn_head": 0.3}]})
+        with open(os.path.join(out, "metrics.json"), "w") as f:
+            f.write("\n".join(json.dumps(r) for r in records) + "\n")
+        with open(os.path.join(out, "config.yaml"), "w") as f:
+            f.write(f"SEED: {opts['SEED']}\n")
+        return 0, 60.0
+
+    monkeypatch.setattr(harness, "run_logged", run_logged)
+    monkeypatch.setattr(bench, "run_logged", run_logged)
+    monkeypatch.setattr(bench.STUDY, "prepare_data", lambda dataset: None)
+    return commands
+
+
+def test_real_study_runs_every_arm_and_reports_the_bar(bench, fake_runs, tmp_path, capsys):
+    assert bench.main(["--finetune-iters", "10", "--output-root", str(tmp_path)]) == 0
+    configs = [c[2] for c in fake_runs if c[0] == "train_net.py"]
+    # pretrainings first: SoCo, AlignDet from SoCo's trunk, Montage, the supervised reference
+    assert configs[:4] == [bench.SOCO_CONFIG, bench.ALIGNDET_CONFIG, bench.MONTAGE_CONFIG, bench.SUPERVISED_CONFIG]
+    aligndet = next(c for c in fake_runs if bench.ALIGNDET_CONFIG in c)
+    assert aligndet[aligndet.index("MODEL.WEIGHTS") + 1].endswith(os.path.join("pretrain_soco", "model_final_trunk.pth"))
+    # the supervised reference keeps its ResNet only
+    trunk = torch.load(tmp_path / "supervised_trunk.pth", weights_only=True)["model"]
+    assert list(trunk) == ["backbone.bottom_up.stem.conv1.weight"]
+    # 5 arms x 3 seeds fine-tuned with one config, differing in the weights only
+    finetunes = [c for c in fake_runs if c[0] == "train_net.py" and c[2] == bench.FINETUNE_CONFIG]
+    assert len(finetunes) == 15
+    # every trunk probed on both probe sets, random init first
+    probes = [c for c in fake_runs if c[0] == "tools/probe.py"]
+    assert [c[c.index("--dataset") + 1] for c in probes] == ["imagenette_160_val_report", "aquarium_valid"]
+    weights = probes[0][probes[0].index("--weights") + 1:probes[0].index("--out")]
+    assert weights[0] == "random" and len(weights) == 5
+
+    result = json.loads((tmp_path / "real.json").read_text())
+    summary = result["summary"]["aquarium"]
+    assert summary["delta_soco_minus_random"]["bbox_AP"]["values"] == pytest.approx([4.0, 4.1, 4.2])
+    assert result["bar"]["met"] is True  # +4.1 >= 2 and far above 2 std (0.1)
+    assert summary["delta_aligndet_minus_soco"]["bbox_AP"]["mean"] == pytest.approx(12.0 - 10.1)
+    assert set(result["arm_pretraining"]) == {"soco", "aligndet", "montage", "supervised"}
+    assert result["arm_pretraining"]["aligndet"]["wall_s"] == 120.0  # SoCo's and its own
+    assert result["probes"]["Aquarium"]["soco"]["knn_head_bal"] == pytest.approx(0.12)
+
+    out = capsys.readouterr().out
+    assert "kNN bal Imagenette" in out and "kNN bal Aquarium" in out and "pretrain min" in out
+    assert "SoCo - random box AP (paired) +4.10" in out and "True" in out
+    assert "probe curves: " in out
+
+    # everything is reused the second time: no training and no probe again
+    done = len([c for c in fake_runs if c[0] != "tools/plot_probe.py"])
+    assert bench.main(["--finetune-iters", "10", "--output-root", str(tmp_path)]) == 0
+    assert len([c for c in fake_runs if c[0] != "tools/plot_probe.py"]) == done
+
+
+def test_real_study_without_the_bar_arm_has_no_bar(bench, fake_runs, tmp_path):
+    assert bench.main(["--arms", "random", "montage", "--seeds", "0", "--finetune-iters", "4",
+                       "--output-root", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "real.json").read_text())
+    assert "bar" not in result  # no SoCo arm, no bar
+    assert [c[2] for c in fake_runs if c[0] == "train_net.py"][0] == bench.MONTAGE_CONFIG
