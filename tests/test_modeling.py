@@ -197,6 +197,57 @@ def test_soco_infonce_option_trains_and_is_checked():
             validate_soco_config(bad)
 
 
+def test_embedding_queue_is_first_in_first_out():
+    from soco_d2.modeling import EmbeddingQueue
+
+    q = EmbeddingQueue(5, 2)
+    assert q.negatives().shape == (0, 2)  # a fresh queue adds no negative
+    q.enqueue(torch.tensor([[3.0, 0.0], [0.0, 2.0]]))
+    assert torch.allclose(q.negatives(), torch.tensor([[1.0, 0.0], [0.0, 1.0]]))  # normalised
+    q.enqueue(torch.tensor([[1.0, 1.0]] * 4))  # wraps: the oldest row is overwritten
+    assert int(q.count) == 5 and int(q.ptr) == 1
+    assert torch.allclose(q.embeddings[0], torch.tensor([1.0, 1.0]) / 2 ** 0.5)
+    assert torch.allclose(q.embeddings[1], torch.tensor([0.0, 1.0]))
+    q.enqueue(torch.arange(14.0).view(7, 2) + 1)  # more than fit: the newest 5 are kept
+    assert sorted(round(float(r[0] / r[1]), 4) for r in q.negatives()) == sorted(
+        round(a / (a + 1), 4) for a in (5.0, 7.0, 9.0, 11.0, 13.0))
+    with pytest.raises(ValueError, match="size"):
+        EmbeddingQueue(0, 2)
+
+
+def test_info_nce_extra_negatives_join_every_denominator():
+    g = torch.Generator().manual_seed(1)
+    v, z, extra = (torch.randn(3, 4, generator=g) for _ in range(3))
+    t = 0.5
+    n = torch.nn.functional.normalize
+    logits = torch.cat([n(v, dim=1) @ n(z, dim=1).t(), n(v, dim=1) @ n(extra, dim=1).t()], dim=1) / t
+    expected = 2 * t * -torch.log_softmax(logits, dim=1)[torch.arange(3), torch.arange(3)]
+    assert torch.allclose(info_nce_loss(v, z, t, extra_negatives=extra), expected, atol=1e-6)
+    assert torch.allclose(info_nce_loss(v, z, t, extra_negatives=extra[:0]), info_nce_loss(v, z, t))
+    assert (info_nce_loss(v, z, t, extra_negatives=extra) > info_nce_loss(v, z, t)).all()
+
+
+def test_soco_queue_fills_with_past_objects_and_is_checked():
+    from soco_d2.config.checks import ConfigError
+    from soco_d2.methods.soco.config import validate_soco_config
+
+    cfg = tiny_cfg()
+    cfg.MODEL.SOCO.LOSS, cfg.MODEL.SOCO.QUEUE_SIZE = "infonce", 12
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    inputs = make_inputs()  # 2 images, 4 boxes each in V1
+    first = model(inputs)["loss_soco"]
+    assert int(model.queue.count) == 8 and model.monitors()["soco/queue_filled"] == 0
+    second = model(inputs)["loss_soco"]  # the same objects are now negatives too: a harder loss
+    assert second > first and int(model.queue.count) == 12
+    assert "queue.embeddings" in model.state_dict()  # checkpoints carry it (exact resume)
+    for loss, size, needle in (("byol", 8, "needs MODEL.SOCO.LOSS"), ("infonce", -1, ">= 0")):
+        bad = tiny_cfg()
+        bad.MODEL.SOCO.LOSS, bad.MODEL.SOCO.QUEUE_SIZE = loss, size
+        with pytest.raises(ConfigError, match=needle):
+            validate_soco_config(bad)
+
+
 def test_momentum_schedule():
     base, total = 0.99, 100
     values = [momentum_at(k, total, base) for k in range(total + 1)]

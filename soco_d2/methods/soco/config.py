@@ -95,6 +95,9 @@ def add_soco_config(cfg):
     # With "infonce": whether the other proposals of an object's own image are negatives too
     # (they overlap it; False leaves them out, so only other images' objects are negatives).
     _C.MODEL.SOCO.SAME_IMAGE_NEGATIVES = True
+    # With "infonce": Q > 0 also takes the target projections of the objects of the last
+    # iterations as negatives (MoCo's queue: a small batch has few negatives); 0: none kept.
+    _C.MODEL.SOCO.QUEUE_SIZE = 0
     return cfg
 
 
@@ -145,6 +148,11 @@ def validate_soco_config(cfg) -> None:
             )
     problems += enum_problems(cfg, _ENUMS)
 
+    if cfg.MODEL.SOCO.QUEUE_SIZE < 0:
+        problems.append(f"MODEL.SOCO.QUEUE_SIZE must be >= 0, got {cfg.MODEL.SOCO.QUEUE_SIZE}")
+    elif cfg.MODEL.SOCO.QUEUE_SIZE > 0 and cfg.MODEL.SOCO.LOSS != "infonce":
+        problems.append("MODEL.SOCO.QUEUE_SIZE > 0 needs MODEL.SOCO.LOSS 'infonce' (a queue of "
+                        f"negatives), got '{cfg.MODEL.SOCO.LOSS}'")
     if cfg.MODEL.SOCO.TEMPERATURE <= 0:
         problems.append(f"MODEL.SOCO.TEMPERATURE must be > 0, got {cfg.MODEL.SOCO.TEMPERATURE}")
     t = list(cfg.MODEL.SOCO.LEVEL_THRESHOLDS)

@@ -49,7 +49,8 @@ def symmetric_pair_loss(
 
 
 def info_nce_loss(online_pred: torch.Tensor, target_proj: torch.Tensor, temperature: float,
-                  image_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+                  image_index: Optional[torch.Tensor] = None,
+                  extra_negatives: Optional[torch.Tensor] = None) -> torch.Tensor:
     """
     Per-object InfoNCE with the other objects of the batch as negatives (MoCo v3's form, an
     ablation of SoCo's negative-free loss: ``MODEL.SOCO.LOSS "infonce"``):
@@ -63,11 +64,15 @@ def info_nce_loss(online_pred: torch.Tensor, target_proj: torch.Tensor, temperat
     (j over the other images' objects and i itself): SoCo's K proposals of one image overlap,
     and pushing them apart asks the features for where in the image a box lies.
 
+    ``extra_negatives`` (e.g. the target embeddings of past iterations, MoCo's queue) join every
+    object's denominator: j then also runs over them.
+
     Args:
         online_pred: (M, D) online predictions; row i and row i of ``target_proj`` are one object.
         target_proj: (M, D) target projections (no gradient flows into them).
         temperature: t > 0.
         image_index: optional (M,) the image of each object.
+        extra_negatives: optional (Q, D) embeddings that are negatives of every object.
 
     Returns:
         (M,) loss per object, >= 0.
@@ -80,16 +85,20 @@ def info_nce_loss(online_pred: torch.Tensor, target_proj: torch.Tensor, temperat
         same_image = image_index[:, None] == image_index[None, :]
         same_image.fill_diagonal_(False)  # the positive stays
         logits = logits.masked_fill(same_image, float("-inf"))
+    if extra_negatives is not None and len(extra_negatives):
+        q = F.normalize(extra_negatives.detach().float(), dim=1)
+        logits = torch.cat([logits, v @ q.t() / temperature], dim=1)  # (M, M + Q)
     return 2.0 * temperature * F.cross_entropy(logits, labels, reduction="none")
 
 
 def symmetric_info_nce_loss(
     pred_a: torch.Tensor, pred_b: torch.Tensor, proj_a: torch.Tensor, proj_b: torch.Tensor,
     temperature: float, image_index: Optional[torch.Tensor] = None,
+    extra_negatives: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """``symmetric_pair_loss`` with ``info_nce_loss`` per direction: scalar."""
-    return (info_nce_loss(pred_a, proj_b, temperature, image_index).mean()
-            + info_nce_loss(pred_b, proj_a, temperature, image_index).mean())
+    return (info_nce_loss(pred_a, proj_b, temperature, image_index, extra_negatives).mean()
+            + info_nce_loss(pred_b, proj_a, temperature, image_index, extra_negatives).mean())
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ Shape shorthand:
     D    embedding dimension (MODEL.SOCO.PROJECTOR_DIM)
 """
 import itertools
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,7 @@ from detectron2.modeling.backbone import FPN, Backbone
 from detectron2.structures import Boxes, ImageList
 
 from ...evaluation.probe import BoxFeatureTrunk
-from ...modeling import MLPHead, MomentumTarget
+from ...modeling import EmbeddingQueue, MLPHead, MomentumTarget
 from ...modeling.init import zero_init_residual_gamma
 from .box_branch import build_box_branch
 from .config import LOSSES
@@ -98,6 +98,7 @@ class SoCo(MomentumTarget, nn.Module):
         loss: str = "byol",
         temperature: float = 0.2,
         same_image_negatives: bool = True,
+        queue: Optional[EmbeddingQueue] = None,
     ):
         """
         Args:
@@ -117,6 +118,9 @@ class SoCo(MomentumTarget, nn.Module):
             temperature: InfoNCE's temperature (unused by "byol").
             same_image_negatives: with "infonce", whether the other objects of an object's own
                 image are negatives too (False: only other images' objects are).
+            queue: with "infonce", an :class:`soco_d2.modeling.EmbeddingQueue` of D-dimensional
+                embeddings: the target projections of the last iterations' objects (V1) are
+                kept there as extra negatives (MoCo's queue); None: in-batch negatives only.
         """
         super().__init__()
         if zero_init_residual:
@@ -138,6 +142,8 @@ class SoCo(MomentumTarget, nn.Module):
         self.loss_type = loss
         self.temperature = temperature
         self.same_image_negatives = same_image_negatives
+        assert queue is None or loss == "infonce", "a negative queue needs the infonce loss"
+        self.queue = queue
         if channels_last:
             self.to(memory_format=torch.channels_last)
 
@@ -158,6 +164,8 @@ class SoCo(MomentumTarget, nn.Module):
             "loss": cfg.MODEL.SOCO.LOSS,
             "temperature": cfg.MODEL.SOCO.TEMPERATURE,
             "same_image_negatives": cfg.MODEL.SOCO.SAME_IMAGE_NEGATIVES,
+            "queue": (EmbeddingQueue(cfg.MODEL.SOCO.QUEUE_SIZE, cfg.MODEL.SOCO.PROJECTOR_DIM)
+                      if cfg.MODEL.SOCO.QUEUE_SIZE > 0 else None),
         }
 
     @property
@@ -232,7 +240,8 @@ class SoCo(MomentumTarget, nn.Module):
             if self.loss_type == "infonce":
                 loss = loss + symmetric_info_nce_loss(
                     *matched, self.temperature,
-                    None if self.same_image_negatives else owner.to(self.device))
+                    None if self.same_image_negatives else owner.to(self.device),
+                    None if self.queue is None else self.queue.negatives())
             else:
                 loss = loss + symmetric_pair_loss(*matched)
             monitors[f"soco/cos_v{a + 1}_v{b + 1}"] = pair_cosine(*matched)
@@ -241,6 +250,11 @@ class SoCo(MomentumTarget, nn.Module):
         z = F.normalize(torch.cat(target_proj).detach().float(), dim=1)
         monitors["soco/target_std"] = z.std(dim=0).mean()
         monitors["soco/target_std_x_sqrt_d"] = monitors["soco/target_std"] * z.shape[1] ** 0.5
+        if self.queue is not None:
+            monitors["soco/queue_filled"] = self.queue.count.float() / self.queue.size
+            # After the loss: this batch's objects are negatives of the next batches only. V1
+            # (the whole image) holds every proposal of the image.
+            self.queue.enqueue(target_proj[0])
         self._monitors = monitors
         return {"loss_soco": loss}
 
