@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 DATA := datasets
 WORKERS ?= 2
 
-.PHONY: env demo demo-data test lock clean gpu-wheels
+.PHONY: env demo demo-data demo-real test lock clean gpu-wheels
 
 env: $(STAMP)
 
@@ -31,6 +31,27 @@ demo-data: $(STAMP)
 
 demo: demo-data
 	DETECTRON2_DATASETS=$(DATA) $(VPY) train_net.py --config-file configs/soco/soco_demo_synthetic.yaml --num-gpus 1
+
+# SoCo on real photos: the CPU recipe on the Imagenette train photos of ../shared/data (their
+# proposals made once, resumable), probed on Imagenette val. IMAGES=/path/to/photos pretrains on
+# any folder of photos instead (proposals in $(DATA)/demo_real/; the probe stays Imagenette's
+# when ../shared/data/imagenette_160 is present, and is off otherwise).
+IMAGENETTE := $(or $(SOCO_SHARED_DATA),../shared/data)/imagenette_160
+REAL_CONFIG := configs/soco/soco_R18_FPN_imagenette_cpu.yaml
+demo-real: $(STAMP)
+ifeq ($(IMAGES),)
+	@test -d "$(IMAGENETTE)/train" || { echo "$(IMAGENETTE) not found: set IMAGES=/path/to/photos (or SOCO_SHARED_DATA)"; exit 1; }
+	$(VPY) tools/generate_proposals.py --image-dir $(IMAGENETTE)/train \
+	    --output $(DATA)/imagenette_160/proposals_train.pkl --workers $(WORKERS)
+	DETECTRON2_DATASETS=$(DATA) $(VPY) train_net.py --config-file $(REAL_CONFIG) --num-gpus 1
+else
+	@test -d "$(IMAGES)" || { echo "IMAGES=$(IMAGES) is not a folder"; exit 1; }
+	$(VPY) tools/generate_proposals.py --image-dir $(IMAGES) --output $(DATA)/demo_real/proposals.pkl --workers $(WORKERS)
+	DETECTRON2_DATASETS=$(DATA) $(VPY) train_net.py --config-file $(REAL_CONFIG) --num-gpus 1 \
+	    DATASETS.SOCO_REGISTER "[('demo_real_images', '$(abspath $(IMAGES))', '$(DATA)/demo_real/proposals.pkl')]" \
+	    DATASETS.TRAIN "('demo_real_images',)" OUTPUT_DIR output/demo_real \
+	    $(if $(wildcard $(IMAGENETTE)/val),,TEST.PROBE.DATASET "")
+endif
 
 test: $(STAMP)
 	$(VPY) -m pytest -q
