@@ -14,7 +14,8 @@ How it works, exactly:
    level rule and 4conv1fc box head, the ``head`` output, as the probe uses). Features are
    L2-normalised.
 3. **k-means.** Spherical k-means (cosine similarity, Lloyd iterations, PSEUDO.KMEANS_ITERS or
-   until no box changes cluster) with k = MODEL.MONTAGE.NUM_CLASSES, k-means++ initialisation.
+   until no box changes cluster) with k = MODEL.MONTAGE.NUM_CLASSES, k-means++ initialisation
+   (:func:`soco_d2.modeling.kmeans.kmeans`, shared with SimDETR's pseudo-classes).
    It is fitted on at most PSEUDO.FIT_SAMPLES boxes (a random subset), then every box is
    assigned to its nearest centroid. An emptied cluster is restarted at the fitted box least
    similar to its centroid.
@@ -45,6 +46,7 @@ from detectron2.utils import comm
 
 from ...data.decode import ImageReadError, decode_image
 from ...evaluation.probe import BoxFeatureTrunk
+from ...modeling.kmeans import kmeans, match_clusters
 from .samples import piece_boxes
 
 __all__ = [
@@ -62,64 +64,6 @@ def table_offsets(records: Sequence[dict]) -> torch.Tensor:
     """(len(records) + 1,) int64: where each record's boxes start in the pseudo-label table."""
     counts = torch.tensor([len(r["boxes"]) for r in records], dtype=torch.int64)
     return torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])
-
-
-# ----------------------------------------------------------------------------- clustering
-def kmeans(features: torch.Tensor, k: int, iters: int, generator: torch.Generator
-           ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Spherical k-means with k-means++ initialisation (module docstring, step 3).
-
-    Args:
-        features: (M, D) L2-normalised, M >= k.
-        generator: the only source of randomness.
-
-    Returns:
-        (centroids (k, D) L2-normalised, labels (M,) int64).
-    """
-    x = features.float()
-    m = len(x)
-    if m < k:
-        raise ValueError(f"k-means needs at least k = {k} boxes, got {m}")
-    first = int(torch.randint(m, (1,), generator=generator))
-    centroids = [x[first]]
-    dist = (2 - 2 * x @ x[first]).clamp(min=0)  # squared distance on the unit sphere
-    for _ in range(1, k):
-        weights = dist if dist.sum() > 0 else torch.ones_like(dist)
-        nxt = int(torch.multinomial(weights, 1, generator=generator))
-        centroids.append(x[nxt])
-        dist = torch.minimum(dist, (2 - 2 * x @ x[nxt]).clamp(min=0))
-    c = torch.stack(centroids)
-    labels = None
-    for _ in range(iters):
-        sim = x @ c.t()
-        new = sim.argmax(dim=1)
-        if labels is not None and torch.equal(new, labels):
-            break
-        labels = new
-        sums = torch.zeros_like(c).index_add_(0, labels, x)
-        counts = torch.bincount(labels, minlength=k)
-        for j in torch.nonzero(counts == 0).flatten().tolist():  # restart emptied clusters
-            worst = int(sim.gather(1, labels[:, None]).squeeze(1).argmin())
-            sums[j], counts[j] = x[worst], 1
-            sim[worst, labels[worst]] = float("inf")
-        c = F.normalize(sums, dim=1)
-    return c, (x @ c.t()).argmax(dim=1)
-
-
-def match_clusters(new: torch.Tensor, old: torch.Tensor, k: int) -> torch.Tensor:
-    """A permutation ``perm`` (k,) so that ``perm[new]`` agrees with ``old`` on as many boxes as
-    the greedy matching finds (largest shared count first; ties by lowest ids)."""
-    shared = torch.zeros(k, k, dtype=torch.int64)
-    shared.index_put_((new, old), torch.ones_like(new), accumulate=True)
-    perm = torch.full((k,), -1, dtype=torch.int64)
-    shared = shared.clone()
-    for _ in range(k):
-        flat = int(shared.argmax())
-        i, j = divmod(flat, k)
-        perm[i] = j
-        shared[i, :] = -1
-        shared[:, j] = -1
-    return perm
 
 
 # ----------------------------------------------------------------------------- features

@@ -1,0 +1,105 @@
+"""k-means, the one implementation every method clusters with, and the matching of cluster ids
+between two clusterings.
+
+- :func:`kmeans`: Lloyd iterations from a k-means++ initialisation, all randomness from one
+  ``torch.Generator``. ``spherical=True`` (the default) clusters L2-normalised vectors by cosine
+  similarity and keeps the centroids on the unit sphere (label-free Montage's and SimDETR's
+  pseudo-classes of box features); ``spherical=False`` is plain Euclidean k-means (centroids are
+  means), for vectors whose norm carries meaning, e.g. SimDETR's per-image clustering of feature
+  cells with their position appended (``soco_d2/data/proposals/semantic.py``).
+- :func:`match_clusters`: a permutation of new cluster ids onto old ones (greedy on shared
+  members), so that a class keeps its id, and its classifier output, when it is re-clustered.
+
+Both are pure functions of their inputs (CPU tensors; float32 arithmetic).
+"""
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["kmeans", "match_clusters"]
+
+
+def kmeans(features: torch.Tensor, k: int, iters: int, generator: torch.Generator,
+           spherical: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+    """k-means with k-means++ initialisation.
+
+    Stops after ``iters`` Lloyd iterations or when no vector changes cluster. A cluster that
+    empties is restarted at the vector farthest from (least similar to) its own centroid.
+
+    Args:
+        features: (M, D), M >= k; L2-normalised when ``spherical``.
+        k: number of clusters.
+        iters: the most Lloyd iterations.
+        generator: the only source of randomness (initialisation).
+        spherical: cosine similarity and unit-norm centroids; False: Euclidean distance and
+            mean centroids.
+
+    Returns:
+        (centroids (k, D), unit-norm when ``spherical``; labels (M,) int64).
+
+    Raises:
+        ValueError: fewer than k vectors.
+    """
+    x = features.float()
+    m = len(x)
+    if m < k:
+        raise ValueError(f"k-means needs at least k = {k} boxes, got {m}")
+    if spherical:
+        def sq_dist(c):  # squared distance on the unit sphere
+            return (2 - 2 * x @ c).clamp(min=0)
+
+        def score(c):  # larger is nearer
+            return x @ c.t()
+    else:
+        norms = (x * x).sum(dim=1)
+
+        def sq_dist(c):
+            return (norms - 2 * x @ c + c @ c).clamp(min=0)
+
+        def score(c):  # -|x - c|^2 / 2 up to a term of x alone
+            return x @ c.t() - 0.5 * (c * c).sum(dim=1)
+
+    first = int(torch.randint(m, (1,), generator=generator))
+    centroids = [x[first]]
+    dist = sq_dist(x[first])
+    for _ in range(1, k):
+        weights = dist if dist.sum() > 0 else torch.ones_like(dist)
+        nxt = int(torch.multinomial(weights, 1, generator=generator))
+        centroids.append(x[nxt])
+        dist = torch.minimum(dist, sq_dist(x[nxt]))
+    c = torch.stack(centroids)
+    labels = None
+    for _ in range(iters):
+        sim = score(c)
+        new = sim.argmax(dim=1)
+        if labels is not None and torch.equal(new, labels):
+            break
+        labels = new
+        sums = torch.zeros_like(c).index_add_(0, labels, x)
+        counts = torch.bincount(labels, minlength=k)
+        for j in torch.nonzero(counts == 0).flatten().tolist():  # restart emptied clusters
+            worst = int(sim.gather(1, labels[:, None]).squeeze(1).argmin())
+            sums[j], counts[j] = x[worst], 1
+            sim[worst, labels[worst]] = float("inf")
+        c = F.normalize(sums, dim=1) if spherical else sums / counts[:, None].to(sums.dtype)
+    return c, score(c).argmax(dim=1)
+
+
+def match_clusters(new: torch.Tensor, old: torch.Tensor, k: int) -> torch.Tensor:
+    """A permutation ``perm`` (k,) so that ``perm[new]`` agrees with ``old`` on as many members
+    as the greedy matching finds (largest shared count first; ties by lowest ids).
+
+    Args:
+        new, old: (M,) int64 cluster ids in [0, k) of the same M members.
+    """
+    shared = torch.zeros(k, k, dtype=torch.int64)
+    shared.index_put_((new, old), torch.ones_like(new), accumulate=True)
+    perm = torch.full((k,), -1, dtype=torch.int64)
+    for _ in range(k):
+        flat = int(shared.argmax())
+        i, j = divmod(flat, k)
+        perm[i] = j
+        shared[i, :] = -1
+        shared[:, j] = -1
+    return perm
