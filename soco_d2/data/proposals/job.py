@@ -15,6 +15,17 @@ original image pixels and strictly decreasing logits (``-rank``), images in inpu
   and listed in ``OUT.failures.json``: a job report ``{"n_images", "n_done", "n_failed",
   "items_sha256", "settings_sha256", "settings", ..., "failures": [{"id", "path", "reason",
   "detail"}]}``; its hashes also tell :func:`is_up_to_date` that ``OUT`` is complete.
+
+What computes an image's proposals is the job's *proposer*: an object with ``__call__(path) ->
+Proposals`` (raising :class:`ImageReadError` for an unusable image), ``to_dict()`` (the settings
+that identify the output, hashed into the manifest and the report) and optionally
+``init_worker()`` (run once in each worker process, e.g. to use one thread) and
+``start_method`` (the multiprocessing start method its workers need: a proposer that runs
+torch must not be forked from a process whose OpenMP pool has run, the child can hang in it,
+so it asks for "spawn" and is pickled to each worker). A
+:class:`ProposalSettings` stands for selective search (:class:`SelectiveSearchProposer`, whose
+``to_dict()`` is the settings', so hashes of earlier jobs stay valid); semantic proposals from a
+backbone's features are :class:`soco_d2.data.proposals.semantic.SemanticProposer`.
 """
 import hashlib
 import json
@@ -40,7 +51,8 @@ from ...utils.atomic_io import atomic_write_bytes
 from ..decode import ImageReadError
 from .selective_search import ProposalSettings, propose_image
 
-__all__ = ["JobSummary", "generate_proposals", "is_up_to_date", "partial_dir", "failures_path"]
+__all__ = ["JobSummary", "SelectiveSearchProposer", "generate_proposals", "is_up_to_date", "partial_dir",
+           "failures_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +94,29 @@ class JobSummary:
 
 # ----------------------------------------------------------------------------- per image
 
-_WORKER_SETTINGS: Optional[ProposalSettings] = None
+class SelectiveSearchProposer:
+    """The proposer of a selective-search job (module docstring): ``propose_image`` with
+    ``settings``."""
+
+    def __init__(self, settings: ProposalSettings = ProposalSettings()):
+        self.settings = settings
+
+    def to_dict(self) -> dict:
+        return self.settings.to_dict()
+
+    def __call__(self, path: str):
+        return propose_image(path, self.settings)
+
+    def __repr__(self) -> str:
+        return repr(self.settings)
+
+
+def _as_proposer(proposer):
+    """A proposer (module docstring); a :class:`ProposalSettings` means selective search."""
+    return SelectiveSearchProposer(proposer) if isinstance(proposer, ProposalSettings) else proposer
+
+
+_WORKER_PROPOSER = None
 _LOCK_FD: Optional[int] = None  # the job's lock on its partial folder (see _lock_partial)
 
 
@@ -93,25 +127,27 @@ def _exit_with_parent(parent: int) -> None:
             os._exit(1)
 
 
-def _init_worker(settings: ProposalSettings) -> None:
-    global _WORKER_SETTINGS
-    _WORKER_SETTINGS = settings
+def _init_worker(proposer) -> None:
+    global _WORKER_PROPOSER
+    _WORKER_PROPOSER = proposer
     if _LOCK_FD is not None:  # a forked copy: the lock must die with the main process
         try:
             os.close(_LOCK_FD)
         except OSError:
             pass
     cv2.setNumThreads(1)  # one worker = one core
+    if hasattr(proposer, "init_worker"):
+        proposer.init_worker()
     # Executor workers would outlive a main process killed with -9: leave when it is gone.
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
 
 
-def _process(index: int, path: str, settings: ProposalSettings) -> dict:
+def _process(index: int, path: str, proposer) -> dict:
     sleep = float(os.environ.get(_ENV_SLEEP, "0") or 0)
     if sleep > 0:
         time.sleep(sleep)
     try:
-        p = propose_image(path, settings)
+        p = proposer(path)
     except ImageReadError as e:
         return {"index": index, "failure": e.reason, "detail": e.detail}
     except Exception as e:  # never let one image kill the job
@@ -120,10 +156,10 @@ def _process(index: int, path: str, settings: ProposalSettings) -> dict:
 
 
 def _work(task: Tuple[int, str]) -> dict:
-    return _process(task[0], task[1], _WORKER_SETTINGS)
+    return _process(task[0], task[1], _WORKER_PROPOSER)
 
 
-def _run_pool(tasks: Sequence[Tuple[int, str]], workers: int, settings: ProposalSettings,
+def _run_pool(tasks: Sequence[Tuple[int, str]], workers: int, proposer,
               start_method: Optional[str]) -> Iterator[dict]:
     """Yield the records of ``tasks`` computed by ``workers`` processes, in completion order.
 
@@ -131,6 +167,8 @@ def _run_pool(tasks: Sequence[Tuple[int, str]], workers: int, settings: Proposal
     in flight are then retried one at a time in a fresh single-worker executor, and the one
     that kills it again is reported as failed ("crashed"), so the job neither hangs nor stops.
     """
+    if start_method is None:
+        start_method = getattr(proposer, "start_method", None)
     if start_method is None:
         start_method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     ctx = mp.get_context(start_method)
@@ -140,7 +178,7 @@ def _run_pool(tasks: Sequence[Tuple[int, str]], workers: int, settings: Proposal
         source, limit = (suspects, 1) if isolate else (queue, 4 * workers)
         inflight = {}
         ex = ProcessPoolExecutor(1 if isolate else workers, mp_context=ctx,
-                                 initializer=_init_worker, initargs=(settings,))
+                                 initializer=_init_worker, initargs=(proposer,))
         try:
             while source or inflight:
                 while source and len(inflight) < limit:
@@ -169,13 +207,14 @@ def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
-def _manifest(items: Sequence[Tuple[ImageId, str]], settings: ProposalSettings) -> dict:
+def _manifest(items: Sequence[Tuple[ImageId, str]], proposer) -> dict:
+    settings = _as_proposer(proposer).to_dict()
     return {
         "format": FORMAT_VERSION,
         "n_images": len(items),
         "items_sha256": _digest([[i, p] for i, p in items]),
-        "settings_sha256": _digest(settings.to_dict()),
-        "settings": settings.to_dict(),
+        "settings_sha256": _digest(settings),
+        "settings": settings,
     }
 
 
@@ -245,9 +284,10 @@ def _open_partial(folder: str, manifest: dict) -> Tuple[Dict[int, dict], int]:
 
 
 def is_up_to_date(items: Sequence[Tuple[ImageId, str]], output: str,
-                  settings: ProposalSettings = ProposalSettings()) -> bool:
+                  settings=ProposalSettings()) -> bool:
     """True if ``output`` was completed by a job over the same images and settings (judged by
-    the hashes in its failures report) and no partial state is pending."""
+    the hashes in its failures report) and no partial state is pending. ``settings``: a
+    :class:`ProposalSettings` or a proposer (module docstring)."""
     report_file = failures_path(output)
     if not os.path.isfile(output) or not os.path.isfile(report_file) or os.path.isdir(partial_dir(output)):
         return False
@@ -267,7 +307,7 @@ def is_up_to_date(items: Sequence[Tuple[ImageId, str]], output: str,
 def generate_proposals(
     items: Sequence[Tuple[ImageId, str]],
     output: str,
-    settings: ProposalSettings = ProposalSettings(),
+    settings=ProposalSettings(),
     workers: int = 1,
     flush_every: int = 200,
     flush_seconds: float = 60.0,
@@ -277,10 +317,13 @@ def generate_proposals(
     """Compute proposals for ``items`` = [(image_id, path)] and write them to ``output``.
 
     Args:
+        settings: a :class:`ProposalSettings` (selective search) or a proposer (module
+            docstring), e.g. a :class:`~soco_d2.data.proposals.semantic.SemanticProposer`.
         workers: processes; 0 or 1 runs in this process.
         flush_every, flush_seconds: save progress after this many images or seconds.
-        start_method: multiprocessing start method (default: "fork" where available, which
-            avoids re-importing torch/Detectron2 in every worker, else "spawn").
+        start_method: multiprocessing start method (default: the proposer's ``start_method``,
+            else "fork" where available, which avoids re-importing torch/Detectron2 in every
+            worker, else "spawn").
 
     Returns:
         a :class:`JobSummary`. Nothing is written to ``output`` if no image succeeded.
@@ -293,7 +336,8 @@ def generate_proposals(
     output = os.path.abspath(output)
     os.makedirs(os.path.dirname(output), exist_ok=True)
     folder = partial_dir(output)
-    manifest = _manifest(items, settings)
+    proposer = _as_proposer(settings)
+    manifest = _manifest(items, proposer)
     os.makedirs(folder, exist_ok=True)
     lock = _lock_partial(folder)
     try:
@@ -303,8 +347,8 @@ def generate_proposals(
         if n_resumed:
             logger.info(f"Resuming from {folder}: {n_resumed} of {len(items)} images already done")
         logger.info(f"Proposals for {len(todo)} images with {max(workers, 1)} worker(s); "
-                    f"settings: {settings}")
-        _compute(items, todo, records, folder, next_chunk, settings, workers, flush_every,
+                    f"settings: {proposer}")
+        _compute(items, todo, records, folder, next_chunk, proposer, workers, flush_every,
                  flush_seconds, progress, start_method)
         summary = _finish(items, records, output, manifest, n_resumed, len(todo))
         shutil.rmtree(folder, ignore_errors=True)
@@ -315,7 +359,7 @@ def generate_proposals(
     return summary
 
 
-def _compute(items, todo, records, folder, next_chunk, settings, workers, flush_every,
+def _compute(items, todo, records, folder, next_chunk, proposer, workers, flush_every,
              flush_seconds, progress, start_method) -> None:
     """Process ``todo`` (indices into ``items``) into ``records``, saving chunks as it goes."""
     fail_after = int(os.environ.get(_ENV_FAIL_AFTER, "0") or 0)
@@ -338,10 +382,10 @@ def _compute(items, todo, records, folder, next_chunk, settings, workers, flush_
     old_threads = cv2.getNumThreads()
     try:
         if workers > 1 and len(todo) > 1:
-            results = _run_pool([(i, items[i][1]) for i in todo], workers, settings, start_method)
+            results = _run_pool([(i, items[i][1]) for i in todo], workers, proposer, start_method)
         else:
             cv2.setNumThreads(1)
-            results = (_process(i, items[i][1], settings) for i in todo)
+            results = (_process(i, items[i][1], proposer) for i in todo)
         with tqdm(total=len(items), initial=len(items) - len(todo), unit="img", desc="proposals",
                   disable=not progress, dynamic_ncols=True, file=sys.stderr) as bar:
             bar.set_postfix(failed=n_failed)
