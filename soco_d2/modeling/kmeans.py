@@ -7,17 +7,24 @@ between two clusterings.
   pseudo-classes of box features); ``spherical=False`` is plain Euclidean k-means (centroids are
   means), for vectors whose norm carries meaning, e.g. SimDETR's per-image clustering of feature
   cells with their position appended (``soco_d2/data/proposals/semantic.py``).
+- :func:`distributed_kmeans`: the pseudo-class step of both methods, for vectors spread over the
+  processes of a run: fit on a random subset of them (gathered on the main process), then every
+  vector is assigned to its nearest centroid where it lives.
 - :func:`match_clusters`: a permutation of new cluster ids onto old ones (greedy on shared
   members), so that a class keeps its id, and its classifier output, when it is re-clustered.
 
-Both are pure functions of their inputs (CPU tensors; float32 arithmetic).
+All are pure functions of their inputs and generator (CPU tensors; float32 arithmetic).
 """
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from detectron2.utils import comm
 
-__all__ = ["kmeans", "match_clusters"]
+__all__ = ["kmeans", "distributed_kmeans", "match_clusters"]
+
+# Rows assigned to the centroids per matrix product (bounds the memory of a large table).
+_ASSIGN_CHUNK = 1 << 16
 
 
 def kmeans(features: torch.Tensor, k: int, iters: int, generator: torch.Generator,
@@ -84,6 +91,54 @@ def kmeans(features: torch.Tensor, k: int, iters: int, generator: torch.Generato
             sim[worst, labels[worst]] = float("inf")
         c = F.normalize(sums, dim=1) if spherical else sums / counts[:, None].to(sums.dtype)
     return c, score(c).argmax(dim=1)
+
+
+def distributed_kmeans(features: torch.Tensor, rows: torch.Tensor, total: int, *, k: int, iters: int,
+                       fit_samples: int, generator: torch.Generator, valid: Optional[torch.Tensor] = None,
+                       spherical: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+    """k-means of ``total`` vectors of which this process holds ``features`` (rows ``rows``).
+
+    The fitting subset is the first ``fit_samples`` of a random permutation of all rows (drawn
+    from ``generator``, so every process draws the same), less the invalid ones; the main
+    process fits :func:`kmeans` on it (the same ``generator`` continues) and every process gets
+    the centroids, assigns its own vectors and receives every label. One process: no
+    communication.
+
+    Args:
+        features: (m, D) this process's vectors (any float dtype; assigned in float32).
+        rows: (m,) int64, their row numbers in [0, total).
+        valid: (m,) bool, False for vectors that must not be fitted (they get label 0).
+
+    Returns:
+        (centroids (k, D), labels (total,) int64), the same on every process.
+    """
+    if valid is None:
+        valid = torch.ones(len(features), dtype=torch.bool)
+    fit_rows = torch.randperm(total, generator=generator)[:fit_samples]
+    chosen = torch.zeros(total, dtype=torch.bool)
+    chosen[fit_rows] = True
+    local = chosen[rows] & valid
+    gathered = comm.all_gather((rows[local], features[local]))
+    fit_ids = torch.cat([g[0] for g in gathered])
+    fit_feats = torch.cat([g[1] for g in gathered])[torch.argsort(fit_ids)]
+    centroids = None
+    if comm.is_main_process():
+        centroids, _ = kmeans(fit_feats.float(), k, iters, generator, spherical)
+    centroids = comm.all_gather(centroids)[0]
+
+    if spherical:
+        def nearest(x):
+            return (x @ centroids.t()).argmax(dim=1)
+    else:
+        def nearest(x):
+            return (x @ centroids.t() - 0.5 * (centroids * centroids).sum(dim=1)).argmax(dim=1)
+    local_labels = torch.cat([nearest(x.float()) for x in features.split(_ASSIGN_CHUNK)]) if len(features) \
+        else torch.zeros(0, dtype=torch.int64)
+    local_labels[~valid] = 0
+    labels = torch.zeros(total, dtype=torch.int64)
+    for r, lab in comm.all_gather((rows, local_labels)):
+        labels[r] = lab
+    return centroids, labels
 
 
 def match_clusters(new: torch.Tensor, old: torch.Tensor, k: int) -> torch.Tensor:

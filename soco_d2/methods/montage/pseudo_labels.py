@@ -46,7 +46,7 @@ from detectron2.utils import comm
 
 from ...data.decode import ImageReadError, decode_image
 from ...evaluation.probe import BoxFeatureTrunk
-from ...modeling.kmeans import kmeans, match_clusters
+from ...modeling.kmeans import distributed_kmeans, kmeans, match_clusters
 from .samples import piece_boxes
 
 __all__ = [
@@ -138,23 +138,8 @@ def compute_pseudo_labels(trunk: BoxFeatureTrunk, records: Sequence[dict], image
 
     generator = torch.Generator().manual_seed(
         int(np.random.SeedSequence([_KMEANS, seed, iteration]).generate_state(1)[0]))
-    fit_rows = torch.randperm(total, generator=generator)[:fit_samples]
-    chosen = torch.zeros(total, dtype=torch.bool)
-    chosen[fit_rows] = True
-    local = chosen[rows] & valid
-    gathered = comm.all_gather((rows[local], feats[local]))
-    fit_ids = torch.cat([g[0] for g in gathered])
-    fit_feats = torch.cat([g[1] for g in gathered])[torch.argsort(fit_ids)]
-    centroids = None
-    if comm.is_main_process():
-        centroids, _ = kmeans(fit_feats, k, iters, generator)
-    centroids = comm.all_gather(centroids)[0]
-
-    local_labels = (feats @ centroids.t()).argmax(dim=1) if len(feats) else torch.zeros(0, dtype=torch.int64)
-    local_labels[~valid] = 0
-    labels = torch.zeros(total, dtype=torch.int64)
-    for r, lab in comm.all_gather((rows, local_labels)):
-        labels[r] = lab
+    centroids, labels = distributed_kmeans(feats, rows, total, k=k, iters=iters, fit_samples=fit_samples,
+                                           generator=generator, valid=valid)
     changed = -1.0
     if previous is not None and len(previous) == total:
         perm = match_clusters(labels, previous, k)
