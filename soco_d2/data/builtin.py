@@ -5,6 +5,9 @@ Pretraining sets (images + proposals, labels ignored):
 - ``soco_synthetic_train``: the embedded synthetic scenes (``make demo`` writes them).
 - ``imagenet_train_soco``: ``imagenet/train/**`` with ``soco_proposals/imagenet_train.pkl``.
 - ``coco_2017_train_soco``: COCO train2017 images with ``soco_proposals/coco_2017_train.pkl``.
+- ``coco_2017_train_semantic``: the same images with the semantic proposals of a backbone,
+  ``soco_proposals/coco_2017_train_semantic.pkl`` (``tools/generate_proposals.py --from-features``;
+  SimDETR's published-scale config).
 
 Detection sets with labels (for fine-tuning, evaluation and the probe):
 
@@ -92,6 +95,12 @@ def register_all_builtin(root: str) -> None:
         "coco_2017_train_soco",
         os.path.join(root, "coco", "train2017"),
         os.path.join(root, "soco_proposals", "coco_2017_train.pkl"),
+        os.path.join(root, "coco", "annotations", "instances_train2017.json"),
+    )
+    register_soco_images(
+        "coco_2017_train_semantic",
+        os.path.join(root, "coco", "train2017"),
+        os.path.join(root, "soco_proposals", "coco_2017_train_semantic.pkl"),
         os.path.join(root, "coco", "annotations", "instances_train2017.json"),
     )
 

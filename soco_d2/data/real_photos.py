@@ -42,6 +42,9 @@ the boxes; COCO jsons of its own):
 - ``aquarium_train`` (448 images) / ``aquarium_valid`` (127): detection sets.
 - ``aquarium_train_soco``: the train images as a pretraining set (labels never read), with
   ``$DETECTRON2_DATASETS/aquarium/proposals_train.pkl``.
+- ``aquarium_train_semantic``: the same, with the semantic proposals of a backbone,
+  ``$DETECTRON2_DATASETS/aquarium/semantic_proposals_train.pkl`` (:data:`AQUARIUM_SEMANTIC_PROPOSALS`,
+  ``tools/generate_proposals.py --from-features``; SimDETR's CPU recipe).
 
 A full Imagenette or ImageNet registers the same way (:func:`register_class_folder_sets`).
 """
@@ -70,6 +73,7 @@ __all__ = [
     "IMAGENETTE_PROPOSALS",
     "AQUARIUM",
     "AQUARIUM_PROPOSALS",
+    "AQUARIUM_SEMANTIC_PROPOSALS",
 ]
 
 IMAGENETTE = "imagenette_160"
@@ -77,6 +81,7 @@ AQUARIUM = "aquarium"
 #: Proposal files, relative to $DETECTRON2_DATASETS.
 IMAGENETTE_PROPOSALS = os.path.join(IMAGENETTE, "proposals_train.pkl")
 AQUARIUM_PROPOSALS = os.path.join(AQUARIUM, "proposals_train.pkl")
+AQUARIUM_SEMANTIC_PROPOSALS = os.path.join(AQUARIUM, "semantic_proposals_train.pkl")
 #: Share of the image side left out on each side of the one box of a class-folder image.
 CENTRAL_BOX_MARGIN = 0.05
 #: The two halves of a labelled class-folder set: (suffix, which half of each class).
@@ -244,10 +249,11 @@ def register_real_photo_sets(root: str) -> None:
         name = f"{AQUARIUM}_{split}"
         if name not in DatasetCatalog.list():
             register_coco_instances(name, {}, os.path.join(aquarium, f"instances_{split}.json"), aquarium)
-    name = f"{AQUARIUM}_train_soco"
-    if name not in DatasetCatalog.list():
-        register_soco_images(name, aquarium, os.path.join(root, AQUARIUM_PROPOSALS),
-                             os.path.join(aquarium, "instances_train.json"))
+    for name, proposals in ((f"{AQUARIUM}_train_soco", AQUARIUM_PROPOSALS),
+                            (f"{AQUARIUM}_train_semantic", AQUARIUM_SEMANTIC_PROPOSALS)):
+        if name not in DatasetCatalog.list():
+            register_soco_images(name, aquarium, os.path.join(root, proposals),
+                                 os.path.join(aquarium, "instances_train.json"))
 
 
 # Runs at import, like builtin.py: registration only, nothing is read.
