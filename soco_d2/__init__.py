@@ -21,6 +21,8 @@ Methods, one folder each, registered by MODEL.META_ARCHITECTURE (``soco_d2.metho
 - ``methods/soco``: SoCo (Wei et al., NeurIPS 2021).
 - ``methods/aligndet``: AlignDet box-domain pretraining (Li et al., ICCV 2023).
 - ``methods/montage``: Montage pretraining (Zhou et al., ECCV 2020) and its label-free variant.
+- ``methods/simdetr``: SimDETR-style self-training pretraining (Metaxas et al., 2023) of a
+  Detectron2 R-CNN on semantic proposals and cluster pseudo-classes.
 """
 from .methods import add_config, get_method, registered_methods
 
@@ -32,5 +34,7 @@ from .methods import aligndet  # noqa: F401  (registers AlignDetRCNN and AlignDe
 from .methods.aligndet import add_aligndet_config
 from .methods import montage  # noqa: F401  (registers the Montage method and meta-architecture)
 from .methods.montage import add_montage_config
+from .methods import simdetr  # noqa: F401  (registers the SimDETR method and SimDETRRCNN)
+from .methods.simdetr import add_simdetr_config
 
 __version__ = "0.1.0"

@@ -209,3 +209,27 @@ def test_the_job_in_one_process_gives_the_same_file(tmp_path):
         with open(out, "rb") as f:
             outs.append(f.read())
     assert outs[0] == outs[1]
+
+
+# ----------------------------------------------------------------------------- recall
+def test_recall_benchmark_scores_both_kinds_against_the_labelled_boxes(tmp_path, tiny_images):
+    json_file, image_root = tiny_images
+    path, _, _ = trunk(tmp_path)
+    bench = load_script("benchmarks/proposal_recall.py")
+    out = tmp_path / "recall.json"
+    argv = ["--coco-json", json_file, "--image-root", image_root, "--out", str(out), "--from-features", path,
+            "--workers", "0", "--limit", "3", "--feature-min-size", "96"]
+    result = bench.main(argv)
+    assert set(result["results"]) == {"selective_search", "semantic"}
+    with open(json_file) as f:
+        data = json.load(f)
+    first = {im["id"] for im in data["images"][:3]}
+    n_gt = sum(a["image_id"] in first for a in data["annotations"])
+    for r in result["results"].values():
+        assert r["n_images"] == 3 and r["n_done"] == 3 and r["n_gt"] == n_gt and r["n_failed"] == 0
+        assert 0 <= r["recall_top10_at_0_5"] <= r["recall_at_0_5"] <= 1 and r["recall_at_0_7"] <= r["recall_at_0_5"]
+        assert os.path.isfile(r["proposal_file"]) and r["filter_stages"]
+    assert json.loads(out.read_text())["results"]["semantic"]["settings"]["kind"] == "semantic"
+    again = bench.main(argv)  # the proposals are reused, the figures the same
+    assert again["results"]["semantic"]["recall_at_0_5"] == result["results"]["semantic"]["recall_at_0_5"]
+    assert again["results"]["semantic"]["wall_s"] is None
