@@ -292,6 +292,46 @@ def test_make_pseudo_labels_writes_round_0_beside_the_proposals(dataset, tmp_pat
     assert tool.main(["--config-file", INSTANT, *common, "MODEL.WEIGHTS", str(tmp_path / "none.pth")]) == 2
 
 
+def test_reclustered_rounds_run_and_match_their_classes(dataset, tmp_path):
+    out = tmp_path / "run"
+    trained(dataset, out, *TWO_ROUNDS, "MODEL.SIMDETR.CLASSES", "recluster")
+    r0, r1 = (read_pseudo_labels(round_file(str(out), r)) for r in (0, 1))
+    assert [len(c) for c in r1.classes] == [len(b) for b in r1.boxes]
+    assert np.concatenate(r1.classes).max() < 3
+    history = json.loads((out / "pseudo_labels" / "rounds.json").read_text())
+    assert history[1]["class_changed"] == pytest.approx(label_changes(r0, r1)["class_changed"])
+
+
+def _train_and_dump(opts_list, dump_dir):
+    from detectron2.utils import comm
+    from train_net import setup
+
+    torch.set_num_threads(1)
+    trainer = SimDETRTrainer(setup(TrainArgs(opts_list, config_file=INSTANT)))
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    model = getattr(trainer.model, "module", trainer.model)
+    torch.save(model.state_dict(), os.path.join(dump_dir, f"rank{comm.get_rank()}.pth"))
+
+
+def test_two_process_gloo_run_shares_its_rounds_and_keeps_ranks_identical(dataset, tmp_path):
+    from detectron2.engine import launch
+
+    from test_aligndet_train import _free_port
+
+    sync_bn = ["MODEL.RESNETS.NORM", "naiveSyncBN", "MODEL.FPN.NORM", "naiveSyncBN", "MODEL.ROI_BOX_HEAD.NORM", "naiveSyncBN"]
+    opts_list = opts(dataset, tmp_path, "test_simdetr_syn_ddp", *TWO_ROUNDS, *sync_bn)
+    launch(_train_and_dump, 2, num_machines=1, machine_rank=0, dist_url=f"tcp://127.0.0.1:{_free_port()}",
+           args=(opts_list, str(tmp_path)))
+    s0 = torch.load(tmp_path / "rank0.pth", weights_only=True)
+    s1 = torch.load(tmp_path / "rank1.pth", weights_only=True)
+    for k in s0:
+        torch.testing.assert_close(s0[k], s1[k], rtol=0, atol=0, msg=lambda m: f"{k}: {m}")
+    assert int(s0["simdetr_round"]) == 1
+    r0, r1 = (read_pseudo_labels(round_file(str(tmp_path), r)) for r in (0, 1))
+    assert len(r0.images) == len(r1.images) == 8  # every image, whichever process read it
+
+
 # ----------------------------------------------------------------------------- errors
 @pytest.mark.parametrize("key,value,message", [
     ("MODEL.SIMDETR.CLASSES", "'kept'", "MODEL.SIMDETR.CLASSES must be one of"),
