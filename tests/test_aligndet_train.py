@@ -4,17 +4,16 @@ weights, the frozen backbone handed on unchanged, exact resume, config errors at
 import json
 import os
 import pickle
-import socket
 
 import numpy as np
 import pytest
 import torch
-from detectron2.engine import HookBase, launch
+from detectron2.engine import HookBase
 
 from soco_d2.config import ConfigError
 from soco_d2.methods.aligndet import AlignDetTrainer
 from test_resume import _assert_same_checkpoint
-from train_helpers import REPO_ROOT, TrainArgs
+from train_helpers import REPO_ROOT, TrainArgs, train_in_two_processes
 
 INSTANT = os.path.join(REPO_ROOT, "configs", "aligndet", "aligndet_instant_test.yaml")
 NAIVE_SYNC_BN = ["MODEL.FPN.NORM", "naiveSyncBN", "MODEL.ROI_BOX_HEAD.NORM", "naiveSyncBN"]
@@ -246,12 +245,6 @@ def test_published_schedule_in_epochs(monkeypatch):
     assert tuple(cfg.INPUT.ALIGNDET.MIN_SIZES) == (640, 672, 704, 736, 768, 800) and cfg.INPUT.ALIGNDET.MAX_SIZE == 1333
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _train_and_dump(opts_list, dump_dir):
     from detectron2.utils import comm
 
@@ -263,11 +256,6 @@ def _train_and_dump(opts_list, dump_dir):
 
 def test_two_process_gloo_run_keeps_ranks_identical(dataset, tmp_path):
     opts_list = opts(dataset, tmp_path, "test_aligndet_syn_ddp", *NAIVE_SYNC_BN, "SOLVER.MAX_ITER", "2")
-    launch(_train_and_dump, 2, num_machines=1, machine_rank=0, dist_url=f"tcp://127.0.0.1:{_free_port()}",
-           args=(opts_list, str(tmp_path)))
-    s0 = torch.load(tmp_path / "rank0.pth", weights_only=True)
-    s1 = torch.load(tmp_path / "rank1.pth", weights_only=True)
-    for k in s0:
-        torch.testing.assert_close(s0[k], s1[k], rtol=0, atol=0, msg=lambda m: f"{k}: {m}")
+    s0 = train_in_two_processes(_train_and_dump, (opts_list, str(tmp_path)), str(tmp_path))
     assert not torch.equal(s0["backbone.fpn_output3.weight"], s0["target.backbone.fpn_output3.weight"])
     assert os.path.isfile(tmp_path / "model_final_trunk.pth")

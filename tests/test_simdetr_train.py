@@ -23,7 +23,7 @@ from soco_d2.methods.simdetr.self_training import (
     SelfTrainingSettings, label_changes, match_to_previous, next_round_labels, round_file,
 )
 from test_resume import _assert_same_checkpoint
-from train_helpers import REPO_ROOT, TrainArgs, load_script
+from train_helpers import REPO_ROOT, TrainArgs, load_script, train_in_two_processes
 
 INSTANT = os.path.join(REPO_ROOT, "configs", "simdetr", "simdetr_instant_test.yaml")
 
@@ -315,18 +315,9 @@ def _train_and_dump(opts_list, dump_dir):
 
 
 def test_two_process_gloo_run_shares_its_rounds_and_keeps_ranks_identical(dataset, tmp_path):
-    from detectron2.engine import launch
-
-    from test_aligndet_train import _free_port
-
     sync_bn = ["MODEL.RESNETS.NORM", "naiveSyncBN", "MODEL.FPN.NORM", "naiveSyncBN", "MODEL.ROI_BOX_HEAD.NORM", "naiveSyncBN"]
     opts_list = opts(dataset, tmp_path, "test_simdetr_syn_ddp", *TWO_ROUNDS, *sync_bn)
-    launch(_train_and_dump, 2, num_machines=1, machine_rank=0, dist_url=f"tcp://127.0.0.1:{_free_port()}",
-           args=(opts_list, str(tmp_path)))
-    s0 = torch.load(tmp_path / "rank0.pth", weights_only=True)
-    s1 = torch.load(tmp_path / "rank1.pth", weights_only=True)
-    for k in s0:
-        torch.testing.assert_close(s0[k], s1[k], rtol=0, atol=0, msg=lambda m: f"{k}: {m}")
+    s0 = train_in_two_processes(_train_and_dump, (opts_list, str(tmp_path)), str(tmp_path))
     assert int(s0["simdetr_round"]) == 1
     r0, r1 = (read_pseudo_labels(round_file(str(tmp_path), r)) for r in (0, 1))
     assert len(r0.images) == len(r1.images) == 8  # every image, whichever process read it

@@ -2,6 +2,7 @@
 the export tests, and for the tests of scripts (tools/, benchmarks/)."""
 import importlib.util
 import os
+import socket
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -59,6 +60,22 @@ def perturb_weights(model, seed=0):
             else:
                 t.add_(7)  # num_batches_tracked
     return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def train_in_two_processes(fn, args, dump_dir):
+    """``fn(*args)`` in 2 gloo processes (Detectron2's ``launch``), each saving its model's
+    state_dict to ``dump_dir/rank<r>.pth``; checks both states are identical and returns rank 0's."""
+    from detectron2.engine import launch
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launch(fn, 2, num_machines=1, machine_rank=0, dist_url=f"tcp://127.0.0.1:{port}", args=tuple(args))
+    s0 = torch.load(os.path.join(dump_dir, "rank0.pth"), weights_only=True)
+    s1 = torch.load(os.path.join(dump_dir, "rank1.pth"), weights_only=True)
+    for k in s0:
+        torch.testing.assert_close(s0[k], s1[k], rtol=0, atol=0, msg=lambda m: f"{k}: {m}")
+    return s0
 
 
 def load_with_report(model, path):
