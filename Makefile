@@ -64,7 +64,7 @@ lock: $(STAMP)
 	  $(VPY) -m pip freeze --all --exclude-editable | grep -v -E '^(soco|pip==)'; } > requirements-lock.txt
 
 # The lent GPU machine has no package registry: copy the wheels it needs into .gpu_wheels/
-# (git-ignored), carry that folder, and run tools/gpu_env.sh there (README "GPU").
+# (git-ignored), carry that folder, and run tools/gpu_env.sh there (docs/gpu.md).
 gpu-wheels:
 	mkdir -p .gpu_wheels && cp ../shared/gpu/wheels/*.whl .gpu_wheels/
 

@@ -3,7 +3,7 @@
 step at several batch sizes, the data pipeline's images/s with N loader workers, and where the
 step's time goes (profiler).
 
-    # on the GPU machine, after tools/gpu_env.sh (see README "GPU"):
+    # on the GPU machine, after tools/gpu_env.sh (see docs/gpu.md):
     python benchmarks/gpu_step.py --out gpu_step.json --batches 64 128 256 --workers 16
     # smoke test anywhere (CPU, fp32, tiny)
     python benchmarks/gpu_step.py --device cpu --dtype fp32 --batches 2 --steps 1 --warmup 0 \\

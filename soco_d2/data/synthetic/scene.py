@@ -69,7 +69,7 @@ MAX_OBJ_FRAC = 0.60
 # Shapes keep their canonical pose up to this rotation, as natural categories have one
 # (people and cars upright). Without it a class is "this shape in any orientation", which no
 # view of SoCo (crops, scale, flips, colour) relates: the probe then stayed at chance for every
-# label-free trunk tried (README, "Measured evidence").
+# label-free trunk tried (docs/evidence.md, "SoCo").
 MAX_ROTATION_DEG = 15.0
 _SMALLEST_FRAC = 0.08  # floor when shrinking objects that do not fit
 _MAX_BOX_IOU = 0.1
