@@ -85,11 +85,14 @@ def main(argv=None) -> int:
 
     runs = dict(read_run(r) for r in args.runs)
     fig, axes = plt.subplots(1, len(args.metrics), figsize=(6 * len(args.metrics), 4.2), squeeze=False)
+    # one colour per run: matplotlib's default cycle repeats after 10, tab20 after 20
+    colours = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20").colors
     for ax, metric in zip(axes[0], args.metrics):
-        for label, data in runs.items():
+        for i, (label, data) in enumerate(runs.items()):
             points = curve(data, metric, args.stored_bn)
             if points:
-                ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", ms=3, label=label)
+                ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", ms=3, label=label,
+                        color=colours[i % len(colours)], ls="-" if i < len(colours) else ":")
                 print(f"{metric} {label}: " + ", ".join(f"{i}: {v:.3f}" for i, v in points))
         level = random_level(runs, metric, args.stored_bn, args.random_json)
         if level is not None:
