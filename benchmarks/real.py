@@ -137,25 +137,37 @@ class RealStudy(harness.Study):
 
     def probe_trunks(self, run, weights: dict) -> dict:
         """tools/probe.py on every arm's weights (random init included) and each probe set:
-        ``{probe set: {arm: figures}}``; reused when its JSON holds the same trunks."""
+        ``{probe set: {arm: figures}}``. A trunk already in the set's JSON, probed with the same
+        flags from the same file (size and modification time), is reused: adding an arm probes
+        that arm only (each trunk is probed independently, from the same seed)."""
         args, out = run.args, {}
         arms = [a for a in args.arms if a == "random" or a in weights]
-        files = ["random" if arm == "random" else rel(weights[arm]) for arm in arms]
+        files = {arm: "random" if arm == "random" else rel(weights[arm]) for arm in arms}
         for label, (dataset, flags) in PROBE_SETS.items():
             path = os.path.join(args.output_root, f"probe_{dataset}.json")
             flags = flags + (["--max-images", str(QUICK_PROBE_IMAGES)] if args.quick else [])
-            done = read_json(path)
-            if not done or [r["trunk"] for r in done["results"]] != files or done.get("flags") != flags:
+            done = read_json(path) or {}
+            stamps = {f: _file_stamp(f) for f in files.values()}
+            # a JSON written before stamps were recorded is trusted by path
+            recorded = done.get("stamps", stamps)
+            kept = {r["trunk"]: r for r in done.get("results", [])
+                    if done.get("flags") == flags and recorded.get(r["trunk"]) == stamps.get(r["trunk"])}
+            missing = [f for f in files.values() if f not in kept]
+            if missing:
+                part = path[:-5] + ".new.json"
                 cmd = [sys.executable, "tools/probe.py", "--config-file", FINETUNE_CONFIG, "--dataset", dataset,
-                       *flags, "--weights", *files, "--out", path, "MODEL.WEIGHTS", ""]
-                log(f"probing {len(files)} trunks on {dataset}")
+                       *flags, "--weights", *missing, "--out", part, "MODEL.WEIGHTS", ""]
+                log(f"probing {len(missing)} trunk(s) on {dataset}: {' '.join(missing)}")
                 rc, _ = run_logged(cmd, os.path.join(args.output_root, f"probe_{dataset}.log"))
-                done = read_json(path)
-                if rc or done is None:
+                new = read_json(part)
+                if rc or new is None:
                     raise SystemExit(f"tools/probe.py failed (exit {rc}); see {rel(path)[:-5]}.log")
-                done["flags"] = flags
+                kept.update({r["trunk"]: r for r in new["results"]})
+                done = dict(new, results=list(kept.values()), flags=flags,
+                            stamps={f: stamps.get(f, _file_stamp(f)) for f in kept})
                 harness.write_json(path, done)
-            out[label] = {arm: row for arm, row in zip(arms, done["results"])}
+                os.remove(part)
+            out[label] = {arm: kept[f] for arm, f in files.items()}
         return out
 
     # ------------------------------------------------------------------------ results
@@ -189,6 +201,14 @@ class RealStudy(harness.Study):
                                os.path.join(args.output_root, "probe_curve.log"))
             lines.append(f"probe curves: {rel(plot)}" if rc == 0 else f"plotting failed, see {rel(plot)[:-4]}.log")
         return lines + ["", self.invocation_line(args, minutes)]
+
+
+def _file_stamp(trunk: str):
+    """What identifies a trunk file's contents cheaply: [size, mtime] (None for random init)."""
+    if trunk == "random":
+        return None
+    st = os.stat(os.path.join(harness.REPO_ROOT, trunk))
+    return [st.st_size, int(st.st_mtime)]
 
 
 STUDY = RealStudy()

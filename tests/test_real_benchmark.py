@@ -115,3 +115,31 @@ def test_real_study_without_the_bar_arm_has_no_bar(bench, fake_runs, tmp_path):
     result = json.loads((tmp_path / "real.json").read_text())
     assert "bar" not in result  # no SoCo arm, no bar
     assert [c[2] for c in fake_runs if c[0] == "train_net.py"][0] == bench.MONTAGE_CONFIG
+
+
+def test_adding_an_arm_probes_that_arm_only_and_a_changed_trunk_again(bench, fake_runs, tmp_path):
+    def probed():
+        calls = [c for c in fake_runs if c[0] == "tools/probe.py"]
+        fake_runs.clear()
+        return [c[c.index("--weights") + 1:c.index("--out")] for c in calls]
+
+    args = ["--seeds", "0", "--finetune-iters", "4", "--output-root", str(tmp_path)]
+    assert bench.main(["--arms", "random", "soco"] + args) == 0
+    soco = os.path.join(str(tmp_path), "pretrain_soco", "model_final_trunk.pth")
+    assert probed() == [["random", soco]] * 2  # Imagenette, then Aquarium
+    first = json.loads((tmp_path / "probe_aquarium_valid.json").read_text())
+
+    assert bench.main(["--arms", "random", "soco", "supervised"] + args) == 0
+    supervised = os.path.join(str(tmp_path), "supervised_trunk.pth")
+    assert probed() == [[supervised]] * 2
+    result = json.loads((tmp_path / "real.json").read_text())
+    # the rows of the first call are kept as they were, the new arm's added
+    assert result["probes"]["Aquarium"]["soco"] == first["results"][1]
+    assert result["probes"]["Aquarium"]["supervised"]["trunk"] == supervised
+    assert not list(tmp_path.glob("*.new.json"))
+
+    # a trunk file rewritten since its probe is probed again; the others are not
+    st = os.stat(soco)
+    os.utime(soco, (st.st_atime, st.st_mtime + 10))
+    assert bench.main(["--arms", "random", "soco", "supervised"] + args) == 0
+    assert probed() == [[soco]] * 2
