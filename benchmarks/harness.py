@@ -54,8 +54,9 @@ What the driver is made of:
 - Resumable results: :func:`run_pretraining` and :func:`run_finetuning` reuse a run whose
   output folder holds its result (a result file, or Detectron2's final evaluation in
   ``metrics.json``), continue an interrupted one from its last checkpoint (``--resume``), and
-  refuse a folder made with other settings (:func:`check_same`). Checkpoints that are no longer
-  needed are deleted unless asked to keep them.
+  refuse a folder made with other settings (:func:`check_same`: another command;
+  :func:`check_config`: the config file has said something else since). Checkpoints that are
+  no longer needed are deleted unless asked to keep them.
 - Reading runs back: ``metrics.json`` (:func:`final_evaluation`, :func:`final_metric`,
   :func:`iterations_run`), ``config.yaml``, the trunk keys the detector did not load
   (:func:`missing_trunk_keys`) and the probe of a pretraining (:func:`probe_summary`).
@@ -144,6 +145,29 @@ def config_max_iter(config_file: str) -> int:
     from soco_d2.config import load_config
 
     return load_config(add_config(get_cfg()), os.path.join(REPO_ROOT, config_file)).SOLVER.MAX_ITER
+
+
+def config_fingerprint(config_file: str) -> str:
+    """What a config file says, as a short hash: its YAML merged with its ``_BASE_`` chain
+    (model-zoo bases included), comments and layout left out. Part of every run's record, so a
+    run is not reused once its config file says something else (:func:`check_config`)."""
+    import hashlib
+
+    from soco_d2.config.loading import ModelZooCfgNode, resolve_config_path
+
+    merged = ModelZooCfgNode.load_yaml_with_base(resolve_config_path(os.path.join(REPO_ROOT, config_file)),
+                                                 allow_unsafe=True)
+    text = json.dumps(merged, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def check_config(done: dict, config_file: str, output_dir: str) -> None:
+    """Refuse (SystemExit) to reuse a result made while ``config_file`` said something else
+    (a record written before fingerprints were recorded is trusted)."""
+    was = done.get("config_fingerprint")
+    if was is not None and was != config_fingerprint(config_file):
+        raise SystemExit(f"{rel(output_dir)} holds a result made when {config_file} said something else "
+                         f"(its settings changed since).\nUse another --output-root, or delete that folder.")
 
 
 def has_checkpoint(output_dir: str) -> bool:
@@ -294,6 +318,7 @@ def run_pretraining(tag: str, labels: dict, config_file: str, opts, output_dir: 
     trunk = os.path.join(output_dir, TRUNK_FILE)
     if done is not None and os.path.isfile(trunk):
         check_same(done["command"][1:], planned, output_dir)
+        check_config(done, config_file, output_dir)
         log(f"{tag} pretraining reused: {rel(trunk)}")
         drop_intermediate_checkpoints(output_dir, keep_checkpoints)
         return dict(done, max_iter=iterations_run(output_dir), reused=True)
@@ -311,6 +336,7 @@ def run_pretraining(tag: str, labels: dict, config_file: str, opts, output_dir: 
         "output_dir": rel(output_dir),
         "trunk": rel(trunk),
         "command": ["python"] + planned,
+        "config_fingerprint": config_fingerprint(config_file),
         "wall_s": round(wall, 1),
         "resumed": resume,
         # Not config.yaml's SOLVER.MAX_ITER: SOLVER.EPOCHS is resolved after the config is saved.
@@ -342,6 +368,7 @@ def run_finetuning(tag: str, labels: dict, config_file: str, opts, output_dir: s
     done = read_json(os.path.join(output_dir, RESULT_FILE))
     if done is not None:
         check_same(done["command"][1:], planned, output_dir)
+        check_config(done, config_file, output_dir)
         log(f"{tag} reused: box AP {fmt(done['bbox_AP'])}, mask AP {fmt(done['segm_AP'])}")
         return dict(done, reused=True)
 
@@ -368,6 +395,7 @@ def run_finetuning(tag: str, labels: dict, config_file: str, opts, output_dir: s
         "output_dir": rel(output_dir),
         "command": ["python"] + planned,
         "config_file": config_file,
+        "config_fingerprint": config_fingerprint(config_file),
         "overrides": opts,
         "max_iter": max_iter,
         "wall_s": None if wall is None else round(wall, 1),
@@ -855,7 +883,7 @@ class Study:
             if key not in trunks:
                 spec = self.pretrainings[key]
                 start = trunk(spec.start_from) if spec.start_from else None
-                output_dir = os.path.join(args.output_root, f"pretrain_{key}")
+                output_dir = self.pretrain_dir(args, key)
                 opts = list(self.common_pretrain_opts) + list(spec.opts)
                 opts += (["MODEL.WEIGHTS", rel(start)] if start else []) + ["SEED", "0", "OUTPUT_DIR", rel(output_dir)]
                 if args.quick:
@@ -866,6 +894,13 @@ class Study:
 
         return {arm: trunk(source) if source in self.pretrainings else source
                 for arm, source in self.arm_weights.items() if arm in args.arms}
+
+    def pretrain_root(self, args) -> str:
+        """The folder of the study's pretrainings (default ``args.output_root``)."""
+        return args.output_root
+
+    def pretrain_dir(self, args, key: str) -> str:
+        return os.path.join(self.pretrain_root(args), f"pretrain_{key}")
 
     def pretraining_chain(self, arm: str) -> List[str]:
         """The declared pretrainings ``arm``'s weights come from, first run first."""

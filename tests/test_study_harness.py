@@ -143,3 +143,28 @@ def test_the_shared_flags_of_a_declared_study(tmp_path):
         study.parse_args(["--arms", "ssl", "random"])  # the baseline first
     # only the arms that run get weights (and only their pretrainings run)
     assert study.pretraining_chain("chain") == ["ssl", "box"] and study.pretraining_chain("random") == []
+
+
+def test_config_fingerprint_follows_what_the_config_says_not_its_comments(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("SOLVER:\n  BASE_LR: 0.02\n")
+    child = tmp_path / "child.yaml"
+    child.write_text(f'_BASE_: "{base}"\nSOLVER:\n  MAX_ITER: 600\n')
+    first = harness.config_fingerprint(str(child))
+    child.write_text(f'# a comment\n_BASE_: "{base}"\nSOLVER:\n    MAX_ITER: 600  # why\n')
+    assert harness.config_fingerprint(str(child)) == first
+    base.write_text("SOLVER:\n  BASE_LR: 0.01\n")  # a value of a base changes it
+    assert harness.config_fingerprint(str(child)) != first
+    # repo-relative paths and model-zoo bases resolve
+    assert len(harness.config_fingerprint("configs/transfer/faster_rcnn_R18_FPN_aquarium.yaml")) == 16
+
+
+def test_a_result_made_with_another_config_is_not_reused(tmp_path):
+    config = tmp_path / "ft.yaml"
+    config.write_text("SOLVER:\n  MAX_ITER: 600\n")
+    done = {"config_fingerprint": harness.config_fingerprint(str(config))}
+    harness.check_config(done, str(config), str(tmp_path))  # the same: reused
+    harness.check_config({}, str(config), str(tmp_path))  # recorded before fingerprints: trusted
+    config.write_text("SOLVER:\n  MAX_ITER: 900\n")
+    with pytest.raises(SystemExit, match="said something else"):
+        harness.check_config(done, str(config), str(tmp_path))
