@@ -84,6 +84,26 @@ class RealStudy(harness.Study):
     paired = (("aligndet", "soco"), ("soco", "supervised"))
     box_only = True
 
+    # -------------------------------------------------------------------- command line
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--pretrain-root", default=None,
+            help="folder of the pretrainings and the supervised reference (default: OUTPUT_ROOT). "
+                 "Point it at an earlier invocation's OUTPUT_ROOT to fine-tune its trunks with another "
+                 "fine-tuning setting without pretraining again; a pretraining missing there is run there")
+
+    def check_args(self, parser, args):
+        if args.pretrain_root is not None:
+            args.pretrain_root = os.path.abspath(os.path.join(harness.REPO_ROOT, args.pretrain_root))
+            if not os.path.isdir(args.pretrain_root):
+                parser.error(f"--pretrain-root: {args.pretrain_root} is not a folder")
+
+    def pretrain_root(self, args):
+        return args.pretrain_root or args.output_root
+
+    def settings(self, args):
+        return dict(super().settings(args), pretrain_root=rel(self.pretrain_root(args)))
+
     # ------------------------------------------------------------------------- data
     def prepare_data(self, dataset):
         from soco_d2.data.builtin import datasets_root
@@ -120,8 +140,8 @@ class RealStudy(harness.Study):
     def supervised_trunk(self, run) -> str:
         """The supervised reference (module docstring): trained once, its ResNet kept."""
         args = run.args
-        output_dir = os.path.join(args.output_root, "pretrain_supervised")
-        trunk = os.path.join(args.output_root, "supervised_trunk.pth")
+        output_dir = self.pretrain_dir(args, "supervised")
+        trunk = os.path.join(self.pretrain_root(args), "supervised_trunk.pth")
         iters = harness.config_max_iter(SUPERVISED_CONFIG)
         opts = ["MODEL.WEIGHTS", ""] + list(self.common_finetune_opts)
         if args.quick:

@@ -143,3 +143,29 @@ def test_adding_an_arm_probes_that_arm_only_and_a_changed_trunk_again(bench, fak
     os.utime(soco, (st.st_atime, st.st_mtime + 10))
     assert bench.main(["--arms", "random", "soco", "supervised"] + args) == 0
     assert probed() == [[soco]] * 2
+
+
+def test_pretrain_root_fine_tunes_an_earlier_invocations_trunks_without_pretraining(bench, fake_runs, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    arms = ["--arms", "random", "soco", "supervised", "--seeds", "0"]
+    assert bench.main(arms + ["--finetune-iters", "4", "--output-root", str(first)]) == 0
+    fake_runs.clear()
+    # another fine-tuning setting, the same pretrainings
+    assert bench.main(arms + ["--finetune-iters", "6", "--output-root", str(second),
+                              "--pretrain-root", str(first)]) == 0
+    trained = [c for c in fake_runs if c[0] == "train_net.py"]
+    assert {c[2] for c in trained} == {bench.FINETUNE_CONFIG}  # no pretraining ran again
+    weights = sorted(c[c.index("MODEL.WEIGHTS") + 1] for c in trained)
+    assert weights[1:] == sorted([os.path.join(str(first), "pretrain_soco", "model_final_trunk.pth"),
+                                  os.path.join(str(first), "supervised_trunk.pth")])
+    assert all(c[c.index("OUTPUT_DIR") + 1].startswith(str(second)) for c in trained)
+    result = json.loads((second / "real.json").read_text())
+    assert result["settings"]["pretrain_root"] == str(first)
+    assert result["settings"]["finetune_iters"] == 6
+    assert result["pretraining"]["soco"]["reused"] is True
+
+
+def test_pretrain_root_must_be_a_folder(bench, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--pretrain-root", str(tmp_path / "absent")])
+    assert "--pretrain-root" in capsys.readouterr().err
