@@ -75,6 +75,7 @@ import json
 import math
 import os
 import platform
+import re
 import shlex
 import statistics
 import subprocess
@@ -222,6 +223,26 @@ def iterations_run(output_dir: str):
     """Iterations a finished training ran: the last iteration logged in metrics.json, plus one."""
     its = [rec["iteration"] for rec in read_metrics(output_dir) if "iteration" in rec]
     return max(its) + 1 if its else None
+
+
+_TRAINING_SPEED = re.compile(r"Overall training speed: (\d+) iterations in \S+ \(([0-9.]+) s / it\)")
+
+
+def training_seconds(output_dir: str):
+    """A finished run's training time with its hooks (evaluation, probe, checkpoints) left out:
+    Detectron2's own s / it of log.txt ("Overall training speed", the last one when resumed)
+    times the iterations run. None when the log has no such line."""
+    speed = None
+    try:
+        with open(os.path.join(REPO_ROOT, output_dir, "log.txt")) as f:
+            for line in f:
+                match = _TRAINING_SPEED.search(line)
+                if match:
+                    speed = float(match.group(2))
+    except OSError:
+        return None
+    iters = iterations_run(os.path.join(REPO_ROOT, output_dir))
+    return None if speed is None or iters is None else round(speed * iters, 1)
 
 
 def final_metric(output_dir: str, key: str):
@@ -986,8 +1007,9 @@ class Study:
 
     def result_fields(self, result: dict) -> dict:
         """Fields the JSON gets at every save besides the summary (e.g. a bar). Default: with
-        declared pretrainings, ``arm_pretraining``: each arm's pretrainings, their wall time and
-        the probe of the last one (first and last)."""
+        declared pretrainings, ``arm_pretraining``: each arm's pretrainings, their wall time, their
+        training time without hooks (:func:`training_seconds`) and the probe of the last one
+        (first and last)."""
         if not self.pretrainings:
             return {}
         probes, table = probe_summary(result["pretraining"]), {}
@@ -995,19 +1017,22 @@ class Study:
             chain = [k for k in self.pretraining_chain(arm) if k in result["pretraining"]]
             if chain:
                 walls = [result["pretraining"][k].get("wall_s") for k in chain]
+                trains = [training_seconds(result["pretraining"][k]["output_dir"]) for k in chain]
                 table[arm] = {"pretrainings": chain, "wall_s": None if None in walls else round(sum(walls), 1),
+                              "train_s": None if None in trains else round(sum(trains), 1),
                               "probe": probes.get(chain[-1])}
         return {"arm_pretraining": table}
 
     def columns(self, result: dict) -> Dict[str, Dict[str, str]]:
-        """Extra table columns ({header: {arm: text}}): the probe and the pretraining wall time of
-        each arm of ``arm_pretraining``."""
+        """Extra table columns ({header: {arm: text}}): the probe and the pretraining time of each
+        arm of ``arm_pretraining`` (training without hooks where the log says it, else wall)."""
         arms = result.get("arm_pretraining") or {}
         if not arms:
             return {}
         probe = {arm: f"{a['probe']['first']['knn_head']:.3f} -> {a['probe']['last']['knn_head']:.3f}"
                  for arm, a in arms.items() if a.get("probe")}
-        wall = {arm: f"{a['wall_s'] / 60:.1f}" for arm, a in arms.items() if a.get("wall_s") is not None}
+        times = {arm: a["train_s"] if a.get("train_s") is not None else a.get("wall_s") for arm, a in arms.items()}
+        wall = {arm: f"{t / 60:.1f}" for arm, t in times.items() if t is not None}
         return {"probe kNN": probe, "pretrain min": wall}
 
     def report(self, result: dict, args, minutes: float) -> List[str]:

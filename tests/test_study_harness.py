@@ -168,3 +168,18 @@ def test_a_result_made_with_another_config_is_not_reused(tmp_path):
     config.write_text("SOLVER:\n  MAX_ITER: 900\n")
     with pytest.raises(SystemExit, match="said something else"):
         harness.check_config(done, str(config), str(tmp_path))
+
+
+def test_training_seconds_is_detectron2s_speed_times_the_iterations_hooks_excluded(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    assert harness.training_seconds(str(run)) is None  # no log
+    (run / "metrics.json").write_text("\n".join(json.dumps({"iteration": i}) for i in range(100)) + "\n")
+    (run / "log.txt").write_text(
+        "[12/07 06:42:29] d2.engine.hooks INFO: Overall training speed: 48 iterations in 0:04:00 (5.0000 s / it)\n"
+        "[12/07 06:55:03] d2.evaluation.evaluator INFO: Total inference time: 0:12:31.13\n"
+        # resumed: the last session's speed counts
+        "[12/07 07:42:29] d2.engine.hooks INFO: Overall training speed: 45 iterations in 0:04:30 (6.0000 s / it)\n")
+    assert harness.training_seconds(str(run)) == pytest.approx(600.0)
+    result = {"arm_pretraining": {"a": {"wall_s": 900.0, "train_s": 600.0}, "b": {"wall_s": 120.0, "train_s": None}}}
+    assert harness.Study().columns(result)["pretrain min"] == {"a": "10.0", "b": "2.0"}  # wall where unknown
