@@ -29,7 +29,8 @@ re-estimated) on the Imagenette ``report`` half of val (never used to choose the
 the Aquarium valid boxes, and each arm's pretraining time is given (training only: Detectron2's
 own s / it times the iterations, the probe and evaluation hooks left out; the JSON keeps the wall
 time too). The probe curves of the pretraining runs are plotted to OUTPUT_ROOT/probe_curve.png
-(tools/plot_probe.py).
+(tools/plot_probe.py), the Aquarium evaluations of every fine-tuning run (TEST.EVAL_PERIOD) to
+OUTPUT_ROOT/finetune_curve.png (tools/plot_finetune.py).
 
 Bar (the real-photo evidence issue): SoCo - random >= 2 box AP, paired over the seeds, and greater
 than 2 standard deviations of the paired difference.
@@ -224,6 +225,15 @@ class RealStudy(harness.Study):
             rc, _ = run_logged([sys.executable, "tools/plot_probe.py", *runs, "--out", plot],
                                os.path.join(args.output_root, "probe_curve.log"))
             lines.append(f"probe curves: {rel(plot)}" if rc == 0 else f"plotting failed, see {rel(plot)[:-4]}.log")
+        finished = [r for r in result["runs"] if not r.get("failed")]
+        if finished:
+            plot = os.path.join(args.output_root, "finetune_curve.png")
+            specs = [f"{r['arm']}_seed{r['seed']}={r['output_dir']}" for r in finished]
+            rc, _ = run_logged([sys.executable, "tools/plot_finetune.py", *specs, "--out", plot,
+                                "--title", "Aquarium valid during fine-tuning"],
+                               os.path.join(args.output_root, "finetune_curve.log"))
+            lines.append(f"fine-tuning curves: {rel(plot)}" if rc == 0 else
+                         f"plotting failed, see {rel(plot)[:-4]}.log")
         return lines + ["", self.invocation_line(args, minutes)]
 
 

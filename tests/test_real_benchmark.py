@@ -35,7 +35,7 @@ def fake_runs(bench, monkeypatch):
             rows = [{"trunk": w, "knn_head_bal": 0.1 + 0.01 * i} for i, w in enumerate(weights)]
             harness.write_json(cmd[cmd.index("--out") + 1], {"results": rows})
             return 0, 1.0
-        if script == "tools/plot_probe.py":
+        if script in ("tools/plot_probe.py", "tools/plot_finetune.py"):
             open(cmd[cmd.index("--out") + 1], "wb").close()
             return 0, 1.0
         i = cmd.index("--num-gpus") + 2
@@ -102,11 +102,17 @@ def test_real_study_runs_every_arm_and_reports_the_bar(bench, fake_runs, tmp_pat
     assert "kNN bal Imagenette" in out and "kNN bal Aquarium" in out and "pretrain min" in out
     assert "SoCo - random box AP (paired) +4.10" in out and "True" in out
     assert "probe curves: " in out
+    curves = next(c for c in fake_runs if c[0] == "tools/plot_finetune.py")
+    # every fine-tuning run's evaluations, labelled by arm and seed
+    assert any(c.startswith("soco_seed2=") and c.endswith(os.path.join("aquarium", "soco_seed2")) for c in curves)
+    assert len([c for c in curves if "_seed" in c]) == 15
+    assert "fine-tuning curves: " in out
 
     # everything is reused the second time: no training and no probe again
-    done = len([c for c in fake_runs if c[0] != "tools/plot_probe.py"])
+    plots = ("tools/plot_probe.py", "tools/plot_finetune.py")
+    done = len([c for c in fake_runs if c[0] not in plots])
     assert bench.main(["--finetune-iters", "10", "--output-root", str(tmp_path)]) == 0
-    assert len([c for c in fake_runs if c[0] != "tools/plot_probe.py"]) == done
+    assert len([c for c in fake_runs if c[0] not in plots]) == done
 
 
 def test_real_study_without_the_bar_arm_has_no_bar(bench, fake_runs, tmp_path):

@@ -19,6 +19,13 @@ import os
 import sys
 from typing import Dict, List, Optional, Tuple
 
+try:
+    import soco_d2  # noqa: F401
+except ImportError:  # running from a checkout without `pip install -e .`
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from soco_d2.utils.plotting import save_figure, split_label  # noqa: E402
+
 DEFAULT_METRICS = ("knn_head_bal", "knn_pooled_bal")
 
 
@@ -37,7 +44,7 @@ def parse_args(argv=None):
 
 def read_run(spec: str) -> Tuple[str, dict]:
     """(label, probe.json contents) of ``LABEL=PATH`` or ``PATH`` (a folder or the file)."""
-    label, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
+    label, path = split_label(spec)
     file = os.path.join(path, "probe.json") if os.path.isdir(path) else path
     if not os.path.isfile(file):
         raise SystemExit(f"No probe.json at {path}")
@@ -108,10 +115,7 @@ def main(argv=None) -> int:
     datasets = sorted({d.get("dataset", "?") for d in runs.values()})
     fig.suptitle(args.title or f"probe on {', '.join(datasets)}")
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = f"{args.out}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, args.out)
+    save_figure(fig, args.out)
     print(f"wrote {args.out}")
     return 0
 
