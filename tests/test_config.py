@@ -78,3 +78,24 @@ def test_shared_keys_are_added_once():
     add_config(add_common_config(cfg))  # every method asks for the shared keys again
     assert cfg.SOLVER.EPOCHS == 7 and cfg.DATASETS.SOCO_REGISTER == [("a", "b", "")]
     assert cfg.INPUT.SOCO.NUM_PROPOSALS == 4 and cfg.MODEL.SOCO.MOMENTUM == 0.99
+
+
+def _cfg(name, tmp_path):
+    path = glob.glob(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "*", name))
+    assert len(path) == 1, name
+    return setup(TrainArgs(config_file=path[0], opts=["MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(tmp_path)]))
+
+
+def test_aquarium_pretraining_configs_hand_on_an_rpn_for_the_fine_tuning_anchors(tmp_path):
+    """AlignDet and SimDETR pretrain the RPN that fine-tuning on Aquarium takes over: same anchors;
+    SimDETR trains the whole detector, at the fine-tuning views too."""
+    finetune = _cfg("faster_rcnn_R18_FPN_aquarium.yaml", tmp_path)
+    for name in ("aligndet_R18_FPN_aquarium_cpu.yaml", "simdetr_R18_FPN_aquarium_cpu.yaml"):
+        cfg = _cfg(name, tmp_path)
+        assert cfg.MODEL.ANCHOR_GENERATOR.SIZES == finetune.MODEL.ANCHOR_GENERATOR.SIZES, name
+        assert cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS == finetune.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS, name
+    simdetr = _cfg("simdetr_R18_FPN_aquarium_cpu.yaml", tmp_path)
+    for key in ("MIN_SIZE_TRAIN", "MAX_SIZE_TRAIN", "MIN_SIZE_TEST", "MAX_SIZE_TEST"):
+        assert simdetr.INPUT[key] == finetune.INPUT[key], key
+    assert (simdetr.SOLVER.IMS_PER_BATCH, simdetr.SOLVER.BASE_LR) == (finetune.SOLVER.IMS_PER_BATCH,
+                                                                     finetune.SOLVER.BASE_LR)
