@@ -640,7 +640,8 @@ def format_table(summary, arms: dict, columns: Optional[Dict[str, Dict[str, str]
                 f"{name:<12} {f'{label} - {arms[baseline]} (paired)':<{w}} {d['n']:>2}  "
                 f"{delta(d['bbox_AP']):>15}  {delta(d['segm_AP']):>15}"
             )
-    lines.append("COCO AP in percent on the val split; mean ± sample std over fine-tuning seeds.")
+    lines.append("COCO AP in percent on the fine-tuning config's DATASETS.TEST; mean ± sample std over "
+                 "fine-tuning seeds.")
     return "\n".join(lines)
 
 
@@ -663,7 +664,7 @@ def format_box_table(summary, arms: dict, columns: Optional[Dict[str, Dict[str, 
                 mean = d["bbox_AP"]["mean"]
                 lines.append(f"{arms[a] + ' - ' + arms[b] + ' (paired)':<34} {d['n']:>2}  "
                              f"{'-' if mean is None else f'{mean:+6.2f}':>6} ± {fmt(d['bbox_AP']['std']):>5}")
-    lines.append("COCO box AP in percent on the val scenes; mean ± sample std over seeds.")
+    lines.append("COCO box AP in percent on the fine-tuning config's DATASETS.TEST; mean ± sample std over seeds.")
     return "\n".join(lines)
 
 
