@@ -649,12 +649,16 @@ def format_box_table(summary, arms: dict, columns: Optional[Dict[str, Dict[str, 
     """Box AP only (a detector without masks): one row per arm, one per paired difference (every
     ``delta_*`` of the summary); ``columns`` as in :func:`format_table`."""
     cells = _column_cells(columns)
-    head = f"{'init':<34} {'n':>2}  {'box AP':>15}  {'box AP50':>15}" + _columns_of(None, cells)
+    rows = [label + " init" for label in arms.values()] + [
+        f"{arms[a]} - {arms[b]} (paired)" for entry in summary.values() for a, b in
+        (key[len("delta_"):].split("_minus_") for key in entry if key.startswith("delta_"))]
+    w = max([34] + [len(r) for r in rows])  # the first column fits the longest arm name
+    head = f"{'init':<{w}} {'n':>2}  {'box AP':>15}  {'box AP50':>15}" + _columns_of(None, cells)
     lines = [head, "-" * (len(head) - 1)]
     for entry in summary.values():
         for arm, label in arms.items():
             it = entry[arm]
-            lines.append(f"{label + ' init':<34} {it['n']:>2}  "
+            lines.append(f"{label + ' init':<{w}} {it['n']:>2}  "
                          f"{fmt(it['bbox_AP']['mean']):>6} ± {fmt(it['bbox_AP']['std']):>5}  "
                          f"{fmt(it['bbox_AP50']['mean']):>6} ± {fmt(it['bbox_AP50']['std']):>5}"
                          + _columns_of(arm, cells))
@@ -662,7 +666,7 @@ def format_box_table(summary, arms: dict, columns: Optional[Dict[str, Dict[str, 
             if key.startswith("delta_"):
                 a, b = key[len("delta_"):].split("_minus_")
                 mean = d["bbox_AP"]["mean"]
-                lines.append(f"{arms[a] + ' - ' + arms[b] + ' (paired)':<34} {d['n']:>2}  "
+                lines.append(f"{arms[a] + ' - ' + arms[b] + ' (paired)':<{w}} {d['n']:>2}  "
                              f"{'-' if mean is None else f'{mean:+6.2f}':>6} ± {fmt(d['bbox_AP']['std']):>5}")
     lines.append("COCO box AP in percent on the fine-tuning config's DATASETS.TEST; mean ± sample std over seeds.")
     return "\n".join(lines)
