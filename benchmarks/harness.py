@@ -203,20 +203,13 @@ def load_config_yaml(output_dir: str):
 
 
 def read_metrics(output_dir: str):
-    path = os.path.join(output_dir, "metrics.json")
-    records = []
+    """The records of OUTPUT_DIR/metrics.json (lines that are not JSON skipped); [] without one."""
+    from soco_d2.utils.metrics_json import read_records
+
     try:
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if line:
-                    try:
-                        records.append(json.loads(line))
-                    except ValueError:
-                        pass
+        return read_records(os.path.join(output_dir, "metrics.json"))[0]
     except OSError:
-        pass
-    return records
+        return []
 
 
 def iterations_run(output_dir: str):

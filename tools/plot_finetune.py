@@ -12,7 +12,6 @@ be given as ``LABEL=PATH`` (default: the folder's name). Runs whose label is the
 trailing ``seedN`` share a colour. Writes a PNG and prints the figures it plotted.
 """
 import argparse
-import json
 import os
 import re
 import sys
@@ -23,7 +22,8 @@ try:
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from soco_d2.utils.plotting import save_figure, split_label  # noqa: E402
+from soco_d2.utils.metrics_json import read_records  # noqa: E402
+from soco_d2.utils.plotting import run_file, save_figure  # noqa: E402
 
 DEFAULT_METRICS = ("bbox/AP", "bbox/AP50")
 
@@ -40,21 +40,11 @@ def parse_args(argv=None):
 
 def read_run(spec: str) -> Tuple[str, List[dict]]:
     """(label, the records of metrics.json) of ``LABEL=PATH`` or ``PATH``."""
-    label, path = split_label(spec)
-    file = os.path.join(path, "metrics.json") if os.path.isdir(path) else path
-    if not os.path.isfile(file):
-        raise SystemExit(f"No metrics.json at {path}")
-    records = []
-    with open(file) as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                records.append(json.loads(line))
-            except ValueError:  # a line cut by a crash mid-write: the rest still counts
-                print(f"{file}:{n}: not JSON, skipped", file=sys.stderr)
-    return label or os.path.basename(os.path.normpath(os.path.dirname(os.path.abspath(file)))), records
+    label, file = run_file(spec, "metrics.json")
+    records, bad = read_records(file)
+    for n in bad:  # a line cut by a crash mid-write: the rest still counts
+        print(f"{file}:{n}: not JSON, skipped", file=sys.stderr)
+    return label, records
 
 
 def curve(records: List[dict], metric: str) -> List[Tuple[int, float]]:

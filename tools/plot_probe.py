@@ -24,7 +24,7 @@ try:
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from soco_d2.utils.plotting import save_figure, split_label  # noqa: E402
+from soco_d2.utils.plotting import run_file, save_figure  # noqa: E402
 
 DEFAULT_METRICS = ("knn_head_bal", "knn_pooled_bal")
 
@@ -44,15 +44,12 @@ def parse_args(argv=None):
 
 def read_run(spec: str) -> Tuple[str, dict]:
     """(label, probe.json contents) of ``LABEL=PATH`` or ``PATH`` (a folder or the file)."""
-    label, path = split_label(spec)
-    file = os.path.join(path, "probe.json") if os.path.isdir(path) else path
-    if not os.path.isfile(file):
-        raise SystemExit(f"No probe.json at {path}")
+    label, file = run_file(spec, "probe.json")
     with open(file) as f:
         data = json.load(f)
     if not data.get("probes"):
         raise SystemExit(f"{file} holds no probe")
-    return label or os.path.basename(os.path.normpath(os.path.dirname(os.path.abspath(file)))), data
+    return label, data
 
 
 def curve(data: dict, metric: str, stored_bn: bool) -> List[Tuple[int, float]]:
