@@ -335,7 +335,7 @@ def run_pretraining(tag: str, labels: dict, config_file: str, opts, output_dir: 
         check_config(done, config_file, output_dir)
         log(f"{tag} pretraining reused: {rel(trunk)}")
         drop_intermediate_checkpoints(output_dir, keep_checkpoints)
-        return dict(done, max_iter=iterations_run(output_dir), reused=True)
+        return dict(done, max_iter=iterations_run(output_dir), train_s=training_seconds(output_dir), reused=True)
 
     resume = has_checkpoint(output_dir)
     cmd = train_net_cmd(config_file, opts, resume=resume)
@@ -352,6 +352,7 @@ def run_pretraining(tag: str, labels: dict, config_file: str, opts, output_dir: 
         "command": ["python"] + planned,
         "config_fingerprint": config_fingerprint(config_file),
         "wall_s": round(wall, 1),
+        "train_s": training_seconds(output_dir),
         "resumed": resume,
         # Not config.yaml's SOLVER.MAX_ITER: SOLVER.EPOCHS is resolved after the config is saved.
         "max_iter": iterations_run(output_dir),
@@ -453,7 +454,8 @@ def supervised_reference(tag: str, labels: dict, config_file: str, opts, output_
     elif not os.path.isfile(trunk):
         raise SystemExit(f"{rel(output_dir)} has a result but neither model_final.pth nor {rel(trunk)}: "
                          "delete the folder to train the reference again")
-    return dict(record, trunk=rel(trunk))
+    # its wall time includes its evaluation; train_s does not
+    return dict(record, trunk=rel(trunk), train_s=training_seconds(output_dir))
 
 
 # -------------------------------------------------------------------------------------- data
@@ -1006,7 +1008,7 @@ class Study:
     def result_fields(self, result: dict) -> dict:
         """Fields the JSON gets at every save besides the summary (e.g. a bar). Default: with
         declared pretrainings, ``arm_pretraining``: each arm's pretrainings, their wall time, their
-        training time without hooks (:func:`training_seconds`) and the probe of the last one
+        training time without hooks (their records' ``train_s``) and the probe of the last one
         (first and last)."""
         if not self.pretrainings:
             return {}
@@ -1015,7 +1017,7 @@ class Study:
             chain = [k for k in self.pretraining_chain(arm) if k in result["pretraining"]]
             if chain:
                 walls = [result["pretraining"][k].get("wall_s") for k in chain]
-                trains = [training_seconds(result["pretraining"][k]["output_dir"]) for k in chain]
+                trains = [result["pretraining"][k].get("train_s") for k in chain]
                 table[arm] = {"pretrainings": chain, "wall_s": None if None in walls else round(sum(walls), 1),
                               "train_s": None if None in trains else round(sum(trains), 1),
                               "probe": probes.get(chain[-1])}
@@ -1030,8 +1032,8 @@ class Study:
         probe = {arm: f"{a['probe']['first']['knn_head']:.3f} -> {a['probe']['last']['knn_head']:.3f}"
                  for arm, a in arms.items() if a.get("probe")}
         times = {arm: a["train_s"] if a.get("train_s") is not None else a.get("wall_s") for arm, a in arms.items()}
-        wall = {arm: f"{t / 60:.1f}" for arm, t in times.items() if t is not None}
-        return {"probe kNN": probe, "pretrain min": wall}
+        minutes = {arm: f"{t / 60:.1f}" for arm, t in times.items() if t is not None}
+        return {"probe kNN": probe, "pretrain min": minutes}
 
     def report(self, result: dict, args, minutes: float) -> List[str]:
         """The lines printed after the table."""

@@ -198,10 +198,9 @@ class RealStudy(harness.Study):
         fields = super().result_fields(result)
         supervised = result["pretraining"].get("supervised")
         if supervised:
-            # its wall time includes its evaluation on the Imagenette select half; train_s does not
             fields["arm_pretraining"]["supervised"] = {
                 "pretrainings": ["supervised"], "wall_s": supervised.get("wall_s"),
-                "train_s": harness.training_seconds(supervised["output_dir"]), "probe": None}
+                "train_s": supervised.get("train_s"), "probe": None}
         if "delta_soco_minus_random" in result["summary"].get("aquarium", {}):
             fields["bar"] = paired_gain_bar(result["summary"], "aquarium", "delta_soco_minus_random", MIN_GAIN)
         return fields

@@ -183,3 +183,24 @@ def test_training_seconds_is_detectron2s_speed_times_the_iterations_hooks_exclud
     assert harness.training_seconds(str(run)) == pytest.approx(600.0)
     result = {"arm_pretraining": {"a": {"wall_s": 900.0, "train_s": 600.0}, "b": {"wall_s": 120.0, "train_s": None}}}
     assert harness.Study().columns(result)["pretrain min"] == {"a": "10.0", "b": "2.0"}  # wall where unknown
+
+
+def test_a_pretraining_record_carries_its_training_time_run_or_reused(tmp_path, monkeypatch):
+    out = str(tmp_path / "pretrain")
+
+    def run_logged(cmd, log_path):
+        os.makedirs(out, exist_ok=True)
+        open(os.path.join(out, harness.TRUNK_FILE), "wb").close()
+        with open(os.path.join(out, "metrics.json"), "w") as f:
+            f.write("\n".join(json.dumps({"iteration": i, "total_loss": 1.0}) for i in range(4)) + "\n")
+        with open(os.path.join(out, "log.txt"), "w") as f:
+            f.write("[12/07 06:42:29] d2.engine.hooks INFO: Overall training speed: 2 iterations in "
+                    "0:00:05 (2.5000 s / it)\n")
+        return 0, 60.0
+
+    monkeypatch.setattr(harness, "run_logged", run_logged)
+    args = ("[ssl]", {"method": "SSL"}, "configs/soco/soco_demo_synthetic.yaml", ["OUTPUT_DIR", out], out, False)
+    record = harness.run_pretraining(*args)
+    assert (record["wall_s"], record["train_s"], record["reused"]) == (60.0, 10.0, False)  # 2.5 s / it x 4
+    again = harness.run_pretraining(*args)
+    assert (again["train_s"], again["reused"]) == (10.0, True)
