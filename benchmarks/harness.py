@@ -45,7 +45,7 @@ the three existing studies keep their folders and JSON this way), :meth:`Study.f
 :meth:`Study.settings` (the JSON's ``settings``), :meth:`Study.result_fields` (bars, probes),
 :meth:`Study.report` (the lines after the table), ``add_arguments`` / ``check_args`` (its own
 flags). The flags every study has: ``--arms --seeds --finetune-iters --output-root --out
---quick --keep-checkpoints``.
+--quick --keep-checkpoints --finetune-opts``.
 
 What the driver is made of:
 
@@ -873,7 +873,17 @@ class Study:
         p.add_argument("--quick", action="store_true",
                        help=self.help.get("quick", "smoke test of the pipeline (see the description above)"))
         p.add_argument("--keep-checkpoints", action="store_true", help=KEEP_CHECKPOINTS_HELP)
+        p.add_argument("--finetune-opts", nargs="+", default=[], metavar="KEY VALUE",
+                       help="config overrides of every fine-tuning run, after the study's own (an "
+                            "ablation of the fine-tuning protocol, e.g. MODEL.BACKBONE.FREEZE_AT 5; use "
+                            "its own --output-root: a folder made with other overrides is refused)")
         args = p.parse_args(argv)
+        if len(args.finetune_opts) % 2:
+            p.error(f"--finetune-opts: KEY VALUE pairs expected, got {len(args.finetune_opts)} words: "
+                    f"{' '.join(args.finetune_opts)}")
+        for key in args.finetune_opts[::2]:
+            if key in ("MODEL.WEIGHTS", "SEED", "OUTPUT_DIR"):
+                p.error(f"--finetune-opts: {key} is what the study sets per run; it cannot be overridden")
         if self.baseline_always:
             args.arms = [arm for arm in self.arms if arm in args.arms or arm == baseline]
         elif args.arms[0] != baseline:
@@ -960,6 +970,7 @@ class Study:
         opts += self.finetune_data_opts(args, dataset) + schedule
         if args.quick:
             opts += self.quick_finetune_opts(args, dataset)
+        opts += list(getattr(args, "finetune_opts", ()))
         return iters, opts + ["SEED", str(seed), "OUTPUT_DIR", rel(output_dir)]
 
     def finetune_dir(self, args, dataset: str, arm: str, seed: int) -> str:
@@ -1003,7 +1014,8 @@ class Study:
                 "quick": args.quick, "finetune_config": self.finetune_config,
                 "finetune_iters": self.finetune_schedule(args, self.dataset_names(args)[0])[0],
                 "pretrainings": {key: vars(spec) for key, spec in self.pretrainings.items()},
-                "arm_weights": self.arm_weights, "output_root": rel(args.output_root)}
+                "arm_weights": self.arm_weights, "output_root": rel(args.output_root),
+                "finetune_opts": list(getattr(args, "finetune_opts", ()))}
 
     def result_fields(self, result: dict) -> dict:
         """Fields the JSON gets at every save besides the summary (e.g. a bar). Default: with

@@ -145,6 +145,35 @@ def test_the_shared_flags_of_a_declared_study(tmp_path):
     assert study.pretraining_chain("chain") == ["ssl", "box"] and study.pretraining_chain("random") == []
 
 
+def test_finetune_opts_reach_every_finetuning_run_and_no_pretraining(tmp_path, fake_train_net):
+    study = TinyStudy()
+    study.prepared = []
+    argv = ["--arms", "random", "ssl", "--seeds", "0", "1", "--finetune-iters", "6", "--output-root", str(tmp_path),
+            "--finetune-opts", "MODEL.BACKBONE.FREEZE_AT", "5", "SOLVER.BASE_LR", "0.04"]
+    assert study.main(argv) == 0
+    runs = [dict(zip(c[5::2], c[6::2])) for c in fake_train_net]
+    finetuning = [o for c, o in zip(fake_train_net, runs) if c[2].startswith("configs/transfer/")]
+    assert len(finetuning) == 4
+    for o in finetuning:  # after the study's own overrides, before SEED / OUTPUT_DIR
+        assert o["MODEL.BACKBONE.FREEZE_AT"] == "5" and o["SOLVER.BASE_LR"] == "0.04"
+    assert all("MODEL.BACKBONE.FREEZE_AT" not in o for c, o in zip(fake_train_net, runs)
+               if not c[2].startswith("configs/transfer/"))
+    with open(tmp_path / "tiny.json") as f:
+        settings = json.load(f)["settings"]
+    assert settings["finetune_opts"] == ["MODEL.BACKBONE.FREEZE_AT", "5", "SOLVER.BASE_LR", "0.04"]
+    # the same folder with other overrides is refused, not silently mixed into the table
+    with pytest.raises(SystemExit, match="holds a result made with other settings"):
+        study.main(argv[:-2])
+
+
+@pytest.mark.parametrize("opts, message", [(["SOLVER.BASE_LR"], "KEY VALUE pairs"),
+                                           (["SEED", "3"], "SEED is what the study sets")])
+def test_finetune_opts_are_checked(tmp_path, capsys, opts, message):
+    with pytest.raises(SystemExit):
+        TinyStudy().parse_args(["--output-root", str(tmp_path), "--finetune-opts", *opts])
+    assert message in capsys.readouterr().err
+
+
 def test_config_fingerprint_follows_what_the_config_says_not_its_comments(tmp_path):
     base = tmp_path / "base.yaml"
     base.write_text("SOLVER:\n  BASE_LR: 0.02\n")
