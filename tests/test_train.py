@@ -162,6 +162,24 @@ def test_probe_hook_measures_initialisation_and_end(tiny_images, tmp_path):
     assert "Probe of the trunk (final, iteration 2)" in log
 
 
+def test_a_resumed_run_keeps_the_probes_of_before_in_probe_json(tiny_images, tmp_path):
+    """probe.json is the whole run's curve: a run resumed (here continued to a longer schedule)
+    keeps the probes from before the resumed iteration and appends its own."""
+    from soco_d2.methods.soco import SoCoTrainer
+    from train_net import setup
+
+    torch.set_num_threads(1)
+    base = _opts(tiny_images, tmp_path) + ["TEST.PROBE.DATASET", _probe_set(tiny_images)]
+    _train_and_dump(base + ["SOLVER.MAX_ITER", "2"], str(tmp_path))
+    trainer = SoCoTrainer(setup(TrainArgs(base + ["SOLVER.MAX_ITER", "3"])))
+    trainer.resume_or_load(resume=True)
+    trainer.train()
+    with open(tmp_path / "probe.json") as f:
+        probes = json.load(f)["probes"]
+    assert [(p["iteration"], p["when"]) for p in probes] == [
+        (0, "initialisation"), (1, "final"), (2, "resumed"), (2, "final")]
+
+
 def test_probe_hook_also_probes_the_stored_bn_statistics(tiny_images, tmp_path):
     """TEST.PROBE.STORED_BN: each probe is also run without re-estimating BatchNorm, logged as
     probe_stored_bn/*; at initialisation the stored statistics are (0, 1), not the images'."""

@@ -19,6 +19,7 @@ The model side of the contract (both optional): ``model.monitors()`` returns the
 last training forward, ``model.probe_trunk()`` its detector trunk as a
 :class:`soco_d2.evaluation.probe.BoxFeatureTrunk`.
 """
+import json
 import logging
 import os
 import time
@@ -200,7 +201,26 @@ class ProbeHook(HookBase):
         comm.synchronize()
 
     def before_train(self):
+        if self.trainer.iter > 0:
+            self._keep_earlier_probes()
         self._probe("initialisation" if self.trainer.iter == 0 else "resumed")
+
+    def _keep_earlier_probes(self) -> None:
+        """A resumed run keeps the probes its folder's probe.json has from before the resumed
+        iteration (same probe set), so the file stays the whole run's curve."""
+        if not self.path or not os.path.isfile(self.path):
+            return
+        try:
+            with open(self.path) as f:
+                earlier = json.load(f)
+        except (OSError, ValueError) as e:
+            logger.warning(f"Resumed run: {self.path} is unreadable ({e}); its earlier probes are not kept")
+            return
+        if earlier.get("dataset") != self.dataset_name:
+            logger.warning(f"Resumed run: {self.path} probed {earlier.get('dataset')!r}, this run probes "
+                           f"{self.dataset_name!r}; its earlier probes are not kept")
+            return
+        self.history = [p for p in earlier.get("probes", []) if p.get("iteration", 0) < self.trainer.iter]
 
     def after_step(self):
         # In after_step (like EvalHook), so the PeriodicWriter after this hook writes the
