@@ -91,6 +91,7 @@ TRAIN_NET = "train_net.py"
 RESULT_FILE = "bench_result.json"
 PRETRAIN_RESULT_FILE = "bench_pretrain.json"
 TRUNK_FILE = "model_final_trunk.pth"
+CONTINUED_FILE = "bench_continued.json"  # a continued run: what it continues, from which iteration
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -221,10 +222,11 @@ def iterations_run(output_dir: str):
 _TRAINING_SPEED = re.compile(r"Overall training speed: (\d+) iterations in \S+ \(([0-9.]+) s / it\)")
 
 
-def training_seconds(output_dir: str):
+def training_seconds(output_dir: str, from_iter: int = 0):
     """A finished run's training time with its hooks (evaluation, probe, checkpoints) left out:
     Detectron2's own s / it of log.txt ("Overall training speed", the last one when resumed)
-    times the iterations run. None when the log has no such line."""
+    times the iterations run after ``from_iter`` (a continued run's first iteration: the ones
+    before are the continued run's). None when the log has no such line."""
     speed = None
     try:
         with open(os.path.join(REPO_ROOT, output_dir, "log.txt")) as f:
@@ -235,7 +237,7 @@ def training_seconds(output_dir: str):
     except OSError:
         return None
     iters = iterations_run(os.path.join(REPO_ROOT, output_dir))
-    return None if speed is None or iters is None else round(speed * iters, 1)
+    return None if speed is None or iters is None else round(speed * (iters - from_iter), 1)
 
 
 def final_metric(output_dir: str, key: str):
@@ -319,13 +321,65 @@ def drop_intermediate_checkpoints(output_dir: str, keep_checkpoints: bool) -> No
             os.unlink(path)
 
 
+#: What a continued run's folder does not take from the run it continues: that run's result,
+#: trunk, logs and saved config (its own are written by its own train_net.py), its checkpoints
+#: (the final one is copied under its iteration's name) and the pointer to them.
+_NOT_CONTINUED = (PRETRAIN_RESULT_FILE, CONTINUED_FILE, TRUNK_FILE, "stdout.log", "log.txt", "config.yaml", "last_checkpoint",
+                  "model_*.pth", "events.out.tfevents.*")
+
+
+def continue_run(source_dir: str, output_dir: str) -> int:
+    """Make ``output_dir`` the continuation of the finished run in ``source_dir``: its final
+    checkpoint (model_final.pth, the full trainer state) copied as ``model_<iteration>.pth``
+    with ``last_checkpoint`` pointing at it, so that ``train_net.py --resume`` goes on from the
+    iteration after it, plus every state file the run keeps beside it (metrics.json, probe.json,
+    a method's folders such as SimDETR's ``pseudo_labels/``), and CONTINUED_FILE saying so.
+    ``last_checkpoint`` is written last: an interrupted copy is redone. Returns the first
+    iteration the continuation trains.
+
+    Only valid where the longer run's first iterations ARE the finished run (the study that
+    declares :attr:`Pretraining.continues` says why; SimDETR's 1 round is the first round of 2,
+    tested in tests/test_simdetr_train.py)."""
+    import fnmatch
+    import shutil
+
+    import torch
+
+    final = os.path.join(source_dir, "model_final.pth")
+    if not os.path.isfile(final):
+        raise SystemExit(f"Cannot continue {rel(source_dir)}: it has no model_final.pth (the full training state; "
+                         f"deleted?). Run it again, or delete {rel(output_dir)} and train it from the start.")
+    iteration = int(torch.load(final, map_location="cpu", weights_only=False)["iteration"])
+    os.makedirs(output_dir, exist_ok=True)
+    for name in sorted(os.listdir(source_dir)):
+        if any(fnmatch.fnmatch(name, pattern) for pattern in _NOT_CONTINUED):
+            continue
+        src, dst = os.path.join(source_dir, name), os.path.join(output_dir, name)
+        if os.path.isdir(src):
+            shutil.copytree(src, dst, dirs_exist_ok=True)
+        else:
+            shutil.copyfile(src, dst)
+    write_json(os.path.join(output_dir, CONTINUED_FILE), {"continues": rel(source_dir), "at": iteration + 1})
+    name = f"model_{iteration:07d}.pth"
+    shutil.copyfile(final, os.path.join(output_dir, name + ".tmp"))
+    os.replace(os.path.join(output_dir, name + ".tmp"), os.path.join(output_dir, name))
+    with open(os.path.join(output_dir, "last_checkpoint.tmp"), "w") as f:
+        f.write(name)
+    os.replace(os.path.join(output_dir, "last_checkpoint.tmp"), os.path.join(output_dir, "last_checkpoint"))
+    return iteration + 1
+
+
 def run_pretraining(tag: str, labels: dict, config_file: str, opts, output_dir: str,
-                    keep_checkpoints: bool) -> dict:
+                    keep_checkpoints: bool, continues: Optional[str] = None) -> dict:
     """Pretraining with train_net.py, reused or resumed; returns its record (trunk path etc.).
 
     Args:
         tag: names the run in the log, e.g. ``"[synthetic]"``.
         labels: first fields of the record, e.g. ``{"dataset": name}``.
+        continues: the folder of a finished run that this one continues (:func:`continue_run`,
+            when ``output_dir`` has neither a result nor a checkpoint); the record's
+            ``continued_at`` is its first iteration, and its ``train_s`` and ``wall_s`` count
+            only what this run trained.
     """
     planned = train_net_cmd(config_file, opts)[1:]  # without the interpreter
     done = read_json(os.path.join(output_dir, PRETRAIN_RESULT_FILE))
@@ -335,8 +389,17 @@ def run_pretraining(tag: str, labels: dict, config_file: str, opts, output_dir: 
         check_config(done, config_file, output_dir)
         log(f"{tag} pretraining reused: {rel(trunk)}")
         drop_intermediate_checkpoints(output_dir, keep_checkpoints)
-        return dict(done, max_iter=iterations_run(output_dir), train_s=training_seconds(output_dir), reused=True)
+        return dict(done, max_iter=iterations_run(output_dir), reused=True,
+                    train_s=training_seconds(output_dir, done.get("continued_at") or 0))
 
+    continued_at = None
+    if continues is not None:
+        start = read_json(os.path.join(output_dir, CONTINUED_FILE))
+        if start is None and not has_checkpoint(output_dir):
+            continued_at = continue_run(continues, output_dir)
+            log(f"{tag} continues {rel(continues)} from iteration {continued_at}")
+        else:
+            continued_at = start["at"] if start else None
     resume = has_checkpoint(output_dir)
     cmd = train_net_cmd(config_file, opts, resume=resume)
     log(f"{tag} pretraining{' (resumed)' if resume else ''}: {shlex.join(cmd[1:])}")
@@ -352,8 +415,9 @@ def run_pretraining(tag: str, labels: dict, config_file: str, opts, output_dir: 
         "command": ["python"] + planned,
         "config_fingerprint": config_fingerprint(config_file),
         "wall_s": round(wall, 1),
-        "train_s": training_seconds(output_dir),
+        "train_s": training_seconds(output_dir, continued_at or 0),
         "resumed": resume,
+        **({"continues": rel(continues), "continued_at": continued_at} if continues is not None else {}),
         # Not config.yaml's SOLVER.MAX_ITER: SOLVER.EPOCHS is resolved after the config is saved.
         "max_iter": iterations_run(output_dir),
         "final_loss": final_metric(output_dir, "total_loss"),
@@ -732,12 +796,19 @@ class Pretraining:
     set, SEED 0 and OUTPUT_DIR ``OUTPUT_ROOT/pretrain_<key>``; ``--quick`` adds a
     :attr:`Study.quick_pretrain_iters` schedule and ``quick_opts``. Its record is the JSON's
     ``pretraining[<key>]``.
+
+    ``continues``: another of the study's pretrainings whose finished run IS this run's first
+    iterations (SimDETR: its 1-round run is the first round of its 2-round run). This run then
+    starts from a copy of that run's final state (:func:`continue_run`) instead of training those
+    iterations again; that run comes before it in the arm's chain, so the arm's pretraining time
+    counts both once.
     """
 
     config: str
     opts: Sequence[str] = ()
     start_from: Optional[str] = None
     quick_opts: Sequence[str] = ()
+    continues: Optional[str] = None
 
 
 class StudyRun:
@@ -762,17 +833,18 @@ class StudyRun:
         write_json(self.args.out, result)
 
     def pretrain(self, key: str, config_file: str, opts, output_dir: str, tag: Optional[str] = None,
-                 labels: Optional[dict] = None) -> dict:
+                 labels: Optional[dict] = None, continues: Optional[str] = None) -> dict:
         """:func:`run_pretraining`, recorded as ``pretraining[key]`` and saved; its record.
 
         Args:
             tag: names the run in the log (default ``[<key>]``).
             labels: first fields of the record (default ``{"method": <the arm's name of key>}``).
+            continues: the folder of the finished run this one continues (:func:`continue_run`).
         """
         if labels is None:
             labels = {"method": self.study.arms.get(key, key)}
         record = run_pretraining(tag or f"[{key}]", labels, config_file, opts, output_dir,
-                                 self.args.keep_checkpoints)
+                                 self.args.keep_checkpoints, continues=continues)
         self.result["pretraining"][key] = record
         self.save()
         return record
@@ -914,13 +986,18 @@ class Study:
             if key not in trunks:
                 spec = self.pretrainings[key]
                 start = trunk(spec.start_from) if spec.start_from else None
+                continues = None
+                if spec.continues:
+                    trunk(spec.continues)  # run (or reused) first: this one starts from its final state
+                    continues = self.pretrain_dir(args, spec.continues)
                 output_dir = self.pretrain_dir(args, key)
                 opts = list(self.common_pretrain_opts) + list(spec.opts)
                 opts += (["MODEL.WEIGHTS", rel(start)] if start else []) + ["SEED", "0", "OUTPUT_DIR", rel(output_dir)]
                 if args.quick:
                     opts += (["SOLVER.WARMUP_EPOCHS", "0"] + scaled_schedule(self.quick_pretrain_iters, 0.1, ())
                              + list(spec.quick_opts))
-                trunks[key] = os.path.join(REPO_ROOT, run.pretrain(key, spec.config, opts, output_dir)["trunk"])
+                trunks[key] = os.path.join(REPO_ROOT, run.pretrain(key, spec.config, opts, output_dir,
+                                                                   continues=continues)["trunk"])
             return trunks[key]
 
         return {arm: trunk(source) if source in self.pretrainings else source
@@ -938,7 +1015,8 @@ class Study:
         key, chain = self.arm_weights.get(arm), []
         while key in self.pretrainings:
             chain.insert(0, key)
-            key = self.pretrainings[key].start_from
+            spec = self.pretrainings[key]
+            key = spec.continues or spec.start_from  # a continued run has its own start
         return chain
 
     # ---------------------------------------------------------------------- fine-tuning

@@ -16,7 +16,8 @@ Arms (they differ ONLY in MODEL.WEIGHTS of configs/transfer/faster_rcnn_R18_FPN_
   (configs/simdetr/simdetr_R18_FPN_aquarium_cpu.yaml) on the Aquarium train photos WITHOUT their
   labels, 1 or 2 rounds: round 0 on the semantic proposals of the SoCo trunk with 32 k-means
   pseudo-classes, round 1 on its own confident detections. Its whole trunk (ResNet, FPN, RPN,
-  box head) is handed on.
+  box head) is handed on. The 2-round run continues the 1-round run's final state (its first
+  round is that run), so its pretraining time is both runs'.
 
 Before the SimDETR pretrainings, the semantic proposals of the Aquarium train photos are made
 from the SoCo trunk (tools/generate_proposals.py --from-features, OUTPUT_ROOT/
@@ -59,8 +60,11 @@ class SimDETRStudy(RealStudy):
     pretrainings = {
         "soco": RealStudy.pretrainings["soco"],
         "aligndet": RealStudy.pretrainings["aligndet"],
+        # The 2-round run continues the 1-round one: its first round IS that run (same config,
+        # the lr schedule restarts with each round), so round 0 is trained once per study.
         **{arm: Pretraining(SIMDETR_CONFIG, opts=("MODEL.SIMDETR.ROUNDS", arm[-1]), start_from="soco",
-                            quick_opts=RealStudy._quick_probe) for arm in SIMDETR_ARMS},
+                            quick_opts=RealStudy._quick_probe,
+                            continues=SIMDETR_ARMS[i - 1] if i else None) for i, arm in enumerate(SIMDETR_ARMS)},
     }
     arm_weights = {"soco": "soco", "aligndet": "aligndet", "simdetr1": "simdetr1", "simdetr2": "simdetr2"}
     trunk_prefixes = dict(RealStudy.trunk_prefixes,

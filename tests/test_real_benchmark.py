@@ -38,7 +38,7 @@ def fake_runs(bench, monkeypatch):
         if script in ("tools/plot_probe.py", "tools/plot_finetune.py"):
             open(cmd[cmd.index("--out") + 1], "wb").close()
             return 0, 1.0
-        i = cmd.index("--num-gpus") + 2
+        i = cmd.index("--num-gpus") + 2 + ("--resume" in cmd)
         opts = dict(zip(cmd[i::2], cmd[i + 1::2]))
         out, config = opts["OUTPUT_DIR"], cmd[cmd.index("--config-file") + 1]
         os.makedirs(out, exist_ok=True)
@@ -54,6 +54,7 @@ def fake_runs(bench, monkeypatch):
             records.append({"iteration": len(records) - 1, "bbox/AP": ap, "bbox/AP50": 2 * ap})
         else:
             open(os.path.join(out, harness.TRUNK_FILE), "wb").close()
+            torch.save({"iteration": iters - 1}, os.path.join(out, "model_final.pth"))  # the full state
             harness.write_json(os.path.join(out, "probe.json"), {
                 "dataset": "imagenette_160_val_select",
                 "probes": [{"iteration": 0, "when": "initialisation", "knn_head": 0.2},

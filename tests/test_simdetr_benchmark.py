@@ -59,6 +59,8 @@ def test_simdetr_study_chains_soco_semantic_proposals_and_simdetr(bench, runs, t
         assert cmd[cmd.index("MODEL.WEIGHTS") + 1] == bench.rel(trunk)
         assert cmd[cmd.index("MODEL.SIMDETR.ROUNDS") + 1] == rounds
         assert bench.PROPOSALS in cmd[cmd.index("DATASETS.SOCO_REGISTER") + 1]
+    # the 2-round run continues the 1-round run's final state instead of training round 0 again
+    assert "--resume" not in runs[simdetr[0]] and "--resume" in runs[simdetr[1]]
     assert [c[0] for c in runs].count("benchmarks/proposal_recall.py") == 2
     finetunes = [c for c in runs if c[0] == "train_net.py" and c[2] == bench.SimDETRStudy.finetune_config]
     assert len(finetunes) == 15  # 5 arms x 3 seeds
@@ -70,6 +72,11 @@ def test_simdetr_study_chains_soco_semantic_proposals_and_simdetr(bench, runs, t
     assert "delta_simdetr1_minus_aligndet" in summary
     assert result["simdetr_bars"]["simdetr1"]["met"] is True
     assert set(result["proposal_recall"]) == {"Aquarium valid", "COCO sample"}
+    two = result["pretraining"]["simdetr2"]
+    assert two["continues"].endswith("pretrain_simdetr1") and two["continued_at"] == 300
+    chain = result["arm_pretraining"]["simdetr2"]
+    assert chain["pretrainings"] == ["soco", "simdetr1", "simdetr2"]
+    assert chain["wall_s"] == sum(result["pretraining"][k]["wall_s"] for k in chain["pretrainings"])
     out = capsys.readouterr().out
     assert "SoCo -> SimDETR 2 rounds - random box AP (paired) +8.00" in out
     assert "recall@0.5 on Aquarium valid: selective_search 0.500" in out
