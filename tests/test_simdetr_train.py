@@ -255,6 +255,32 @@ def test_resume_is_exact(dataset, tmp_path, one_thread, stop_at):
     assert any("momentum_buffer" in k for k in ckpt)
 
 
+def test_a_two_round_run_continued_from_the_one_round_run_is_the_two_round_run(dataset, tmp_path, one_thread):
+    """benchmarks/simdetr.py trains round 0 once: the 2-round arm continues the 1-round arm's
+    folder (benchmarks/harness.py continue_run + --resume). Valid because the 1-round run IS the
+    2-round run's first round: same final state, bit for bit."""
+    import sys
+
+    sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
+    import harness
+
+    a, one, two = tmp_path / "a", tmp_path / "one", tmp_path / "two"
+    trained(dataset, a, *TWO_ROUNDS)
+    trained(dataset, one, *TWO_ROUNDS, "MODEL.SIMDETR.ROUNDS", "1")
+    assert harness.continue_run(str(one), str(two)) == 2
+    assert (two / "last_checkpoint").read_text() == "model_0000001.pth"
+    assert not (two / "model_final_trunk.pth").exists() and not (two / "log.txt").exists()
+    trained(dataset, two, *TWO_ROUNDS, resume=True)
+    for r in (0, 1):
+        assert (a / "pseudo_labels" / f"round_{r}.json").read_bytes() == (two / "pseudo_labels" / f"round_{r}.json").read_bytes()
+    ckpt = _assert_same_checkpoint(a / "model_final.pth", two / "model_final.pth")
+    assert ckpt["/iteration"] == 3
+    # the continued folder's metrics.json is the whole run's: iterations 0-3
+    assert sorted({row["iteration"] for row in metrics(two)}) == [0, 1, 2, 3]
+    with pytest.raises(SystemExit, match="has no model_final.pth"):
+        harness.continue_run(str(tmp_path / "missing"), str(tmp_path / "three"))
+
+
 def test_resume_refuses_a_changed_pseudo_label_file(dataset, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(RuntimeError, match="simulated"):

@@ -10,6 +10,7 @@ from typing import Optional
 import torch
 
 from detectron2.engine import DefaultTrainer, hooks
+from detectron2.solver.lr_scheduler import LRMultiplier
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -117,10 +118,25 @@ class PretrainTrainer(DefaultTrainer):
             logger.info(f"Kept {len(kept)} tensors at their initialisation, not loaded from "
                         f"{self.cfg.MODEL.WEIGHTS}: {', '.join(modules)}")
         self.data_stream.set_start_iter(self.start_iter)
+        if self.start_iter > 0:
+            self._learning_rate_from_schedule()
         if self.start_iter == 0 and hasattr(model, "update_target"):
             model.update_target(0.0)  # momentum 0: an exact copy
             logger.info("Momentum target initialised as a copy of the online network"
                         + (f" ({self.cfg.MODEL.WEIGHTS})" if self.cfg.MODEL.WEIGHTS else ""))
+
+    def _learning_rate_from_schedule(self) -> None:
+        """A resumed run's first step uses THIS run's schedule at the resumed iteration, not the
+        learning rate stored with the optimizer in the checkpoint. The two are the same number
+        when the run resumes its own schedule, and differ when the schedule changed: a run
+        continued to a longer schedule (SimDETR's 2 rounds continuing its 1-round run, where the
+        stored value is the end of round 0 and the schedule says the warmup of round 1), or
+        a lengthened SOLVER.MAX_ITER. Detectron2's schedulers (LRMultiplier) compute it from the
+        restored iteration; another scheduler keeps the stored value."""
+        if not isinstance(self.scheduler, LRMultiplier):
+            return
+        for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_lr()):
+            group["lr"] = lr
 
     def loads_from_weights(self, key: str) -> bool:
         """Whether a fresh run takes model key ``key`` from MODEL.WEIGHTS (all keys by
