@@ -345,6 +345,8 @@ def continue_run(source_dir: str, output_dir: str) -> int:
 
     import torch
 
+    from soco_d2.utils.atomic_io import atomic_write, atomic_write_bytes
+
     final = os.path.join(source_dir, "model_final.pth")
     if not os.path.isfile(final):
         raise SystemExit(f"Cannot continue {rel(source_dir)}: it has no model_final.pth (the full training state; "
@@ -361,11 +363,9 @@ def continue_run(source_dir: str, output_dir: str) -> int:
             shutil.copyfile(src, dst)
     write_json(os.path.join(output_dir, CONTINUED_FILE), {"continues": rel(source_dir), "at": iteration + 1})
     name = f"model_{iteration:07d}.pth"
-    shutil.copyfile(final, os.path.join(output_dir, name + ".tmp"))
-    os.replace(os.path.join(output_dir, name + ".tmp"), os.path.join(output_dir, name))
-    with open(os.path.join(output_dir, "last_checkpoint.tmp"), "w") as f:
-        f.write(name)
-    os.replace(os.path.join(output_dir, "last_checkpoint.tmp"), os.path.join(output_dir, "last_checkpoint"))
+    with open(final, "rb") as src:
+        atomic_write(os.path.join(output_dir, name), lambda f: shutil.copyfileobj(src, f))
+    atomic_write_bytes(os.path.join(output_dir, "last_checkpoint"), name.encode())
     return iteration + 1
 
 
@@ -392,14 +392,10 @@ def run_pretraining(tag: str, labels: dict, config_file: str, opts, output_dir: 
         return dict(done, max_iter=iterations_run(output_dir), reused=True,
                     train_s=training_seconds(output_dir, done.get("continued_at") or 0))
 
-    continued_at = None
-    if continues is not None:
-        start = read_json(os.path.join(output_dir, CONTINUED_FILE))
-        if start is None and not has_checkpoint(output_dir):
-            continued_at = continue_run(continues, output_dir)
-            log(f"{tag} continues {rel(continues)} from iteration {continued_at}")
-        else:
-            continued_at = start["at"] if start else None
+    if continues is not None and not has_checkpoint(output_dir):  # new, or its copy was interrupted
+        log(f"{tag} continues {rel(continues)} from iteration {continue_run(continues, output_dir)}")
+    continued = read_json(os.path.join(output_dir, CONTINUED_FILE))
+    continued_at = continued["at"] if continued else None
     resume = has_checkpoint(output_dir)
     cmd = train_net_cmd(config_file, opts, resume=resume)
     log(f"{tag} pretraining{' (resumed)' if resume else ''}: {shlex.join(cmd[1:])}")
@@ -417,7 +413,7 @@ def run_pretraining(tag: str, labels: dict, config_file: str, opts, output_dir: 
         "wall_s": round(wall, 1),
         "train_s": training_seconds(output_dir, continued_at or 0),
         "resumed": resume,
-        **({"continues": rel(continues), "continued_at": continued_at} if continues is not None else {}),
+        **({"continues": continued["continues"], "continued_at": continued_at} if continued else {}),
         # Not config.yaml's SOLVER.MAX_ITER: SOLVER.EPOCHS is resolved after the config is saved.
         "max_iter": iterations_run(output_dir),
         "final_loss": final_metric(output_dir, "total_loss"),
