@@ -292,12 +292,14 @@ def test_category_appearance_deterministic_and_only_the_fills_change():
         a = syn.render_synthetic_scene(0, "train", index, 96, 128, appearance="category")
         b = syn.render_synthetic_scene(0, "train", index, 96, 128, appearance="category")
         assert _scene_digest(*a) == _scene_digest(*b)
-        c = syn.render_synthetic_scene(0, "train", index, 96, 128, appearance="independent")
-        # sizes, backgrounds and the layout are drawn before the objects' colours: the same
-        assert a[0].shape == c[0].shape
-        assert [(o["category"], o["flat"]) for o in a[1]] == [(o["category"], o["flat"]) for o in c[1]]
-        outside = ~np.any([o["mask"] for o in a[1]], axis=0)
-        assert not np.array_equal(a[0][~outside], c[0][~outside])
+        for other in ("independent", "texture"):
+            c = syn.render_synthetic_scene(0, "train", index, 96, 128, appearance=other)
+            # sizes, backgrounds and the layout are drawn before the objects' colours: the same
+            assert a[0].shape == c[0].shape
+            assert ([(o["category"], o["flat"]) for o in a[1]]
+                    == [(o["category"], o["flat"]) for o in c[1]])
+            outside = ~np.any([o["mask"] for o in a[1]], axis=0)
+            assert not np.array_equal(a[0][~outside], c[0][~outside])
     with pytest.raises(ValueError, match="appearance"):
         syn.render_synthetic_scene(0, "train", 0, 96, 128, appearance="shape")
 
@@ -362,15 +364,17 @@ def test_category_appearance_hue_goes_with_the_category(object_stats):
     assert 0.55 < accuracy < 0.85, accuracy
 
 
-def test_independent_appearance_hue_ignores_the_category(object_stats):
-    means, accuracy = _hue_by_category(object_stats["independent"])
+@pytest.mark.parametrize("appearance", ["independent", "texture"])
+def test_hue_ignores_the_category(object_stats, appearance):
+    means, accuracy = _hue_by_category(object_stats[appearance])
     # sampling noise alone: ~0.1 between two categories' means of ~117 random directions
     assert _pairwise(means).max() < 0.4, means
     assert accuracy < 0.4, accuracy  # chance is 0.25
 
 
-def test_category_appearance_prefers_one_fill_per_category(object_stats):
-    shares = _fill_shares(object_stats["category"])
+@pytest.mark.parametrize("appearance", ["category", "texture"])
+def test_appearance_prefers_one_fill_per_category(object_stats, appearance):
+    shares = _fill_shares(object_stats[appearance])
     assert sorted(shares) == list(range(len(SYNTHETIC_CATEGORIES)))
     for cat, share in shares.items():
         name = SYNTHETIC_CATEGORIES[cat]["name"]

@@ -8,7 +8,8 @@ Example (from the repository root)::
     python tools/make_synthetic_dataset.py --out datasets/soco_synthetic_independent --appearance independent
 
 ``--appearance category`` (the default) gives each category its own colour distribution and
-preferred texture as well as its shape; ``--appearance independent`` draws colour and texture
+preferred texture as well as its shape; ``--appearance texture`` keeps the preferred texture but
+draws colour independently of the category; ``--appearance independent`` draws colour and texture
 independently of the category (only the shape tells them apart), the scenes every figure
 measured before the setting existed was made with.
 

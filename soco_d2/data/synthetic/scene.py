@@ -29,9 +29,11 @@ SYNTHETIC_CATEGORIES: List[Dict] = [
 ]
 
 #: How an object's colour and texture are drawn: "category" (per-category distributions below,
-#: as natural categories differ in appearance as well as shape) or "independent" (of the
-#: category: the scenes of generator 2.0, kept byte-identical so earlier figures reproduce).
-APPEARANCES = ("category", "independent")
+#: as natural categories differ in appearance as well as shape), "texture" (the category's
+#: preferred fill as under "category", but colour uniform: texture and shape carry the class,
+#: colour only the identity of one object) or "independent" (of the category: the scenes of
+#: generator 2.0, kept byte-identical so earlier figures reproduce).
+APPEARANCES = ("category", "texture", "independent")
 
 # Per category (by name): the centre of its hue distribution (HSV hue in turns) and its
 # preferred fill kind (a FILL_KINDS name). The centres are evenly spaced, a quarter turn
@@ -147,12 +149,12 @@ def _image_rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 def _object_style(appearance: str, category: Dict):
     """``(hue, preferred fill index, its probability)`` for :mod:`.drawing`'s colour and fill
-    draws; all None under "independent" (uniform hue, uniform fill)."""
+    draws; all None under "independent" (uniform hue, uniform fill), hue None under "texture"."""
     if appearance == "independent":
         return None, None, None
     style = CATEGORY_APPEARANCE[category["name"]]
-    return ((style["hue"], CATEGORY_HUE_SPREAD), FILL_KINDS.index(style["fill"]),
-            PREFERRED_FILL_PROB)
+    hue = None if appearance == "texture" else (style["hue"], CATEGORY_HUE_SPREAD)
+    return hue, FILL_KINDS.index(style["fill"]), PREFERRED_FILL_PROB
 
 
 def render_synthetic_scene(seed: int, split: str, index: int, min_size: int, max_size: int,
