@@ -85,3 +85,24 @@ def test_simdetr_study_chains_soco_semantic_proposals_and_simdetr(bench, runs, t
     trained = len([c for c in runs if c[0] == "train_net.py"])
     assert bench.main(["--finetune-iters", "10", "--output-root", str(tmp_path)]) == 0
     assert len([c for c in runs if c[0] == "train_net.py"]) == trained
+
+
+def test_score_threshold_ablation_continues_the_one_round_run(bench, runs, tmp_path):
+    """simdetr2_score01 is opt-in; it is simdetr2 with SCORE_THRESH 0.1, continuing the same
+    1-round run (round 0 trained once for both), and is paired with simdetr2 and simdetr1."""
+    assert "simdetr2_score01" not in bench.STUDY.default_arms
+    assert bench.main(["--arms", "random", "simdetr1", "simdetr2", "simdetr2_score01", "--seeds", "0", "1",
+                       "--finetune-iters", "10", "--output-root", str(tmp_path)]) == 0
+    simdetr = [c for c in runs if c[0] == "train_net.py" and c[2] == bench.SIMDETR_CONFIG]
+    assert len(simdetr) == 3  # round 0 once, then the two second rounds
+    one, two, ablation = simdetr
+    assert "MODEL.SIMDETR.SCORE_THRESH" not in one and "MODEL.SIMDETR.SCORE_THRESH" not in two
+    assert ablation[ablation.index("MODEL.SIMDETR.SCORE_THRESH") + 1] == "0.1"
+    assert ablation[ablation.index("MODEL.SIMDETR.ROUNDS") + 1] == "2" and "--resume" in ablation
+    result = json.loads((tmp_path / "simdetr.json").read_text())
+    assert result["pretraining"]["simdetr2_score01"]["continues"].endswith("pretrain_simdetr1")
+    assert result["arm_pretraining"]["simdetr2_score01"]["pretrainings"] == ["soco", "simdetr1", "simdetr2_score01"]
+    summary = result["summary"]["aquarium"]
+    assert {"delta_simdetr2_score01_minus_random", "delta_simdetr2_score01_minus_simdetr2",
+            "delta_simdetr2_score01_minus_simdetr1"} <= set(summary)
+    assert "simdetr2_score01" in result["simdetr_bars"]
