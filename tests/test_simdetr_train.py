@@ -109,6 +109,25 @@ def test_round0_leaves_out_an_unreadable_image(dataset, model, tmp_path):
     assert labels.info["skipped"] == [str(bad)]
 
 
+def test_a_labelling_pass_logs_its_progress(dataset, tmp_path, monkeypatch):
+    """read_share (every labelling pass) logs done/total with an eta, an unreadable image counted
+    as handled; without a task it logs nothing."""
+    from soco_d2.methods.simdetr import pseudo_labels
+
+    lines = []
+    monkeypatch.setattr(pseudo_labels, "log_every_n_seconds", lambda lvl, msg, n=1, name=None: lines.append((n, msg)))
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    files = [r["file_name"] for r in records_of(dataset)[:2]] + [str(bad)]
+    got = [(i, img is None) for i, img in pseudo_labels.read_share(files, "it is skipped", task="detecting")]
+    assert got == [(0, False), (1, False), (2, True)]
+    assert [msg.split(" (")[0] for _, msg in lines] == ["detecting: 1/3 images", "detecting: 2/3 images",
+                                                         "detecting: 3/3 images"]
+    assert lines[-1][1].endswith("eta 0 s)") and {n for n, _ in lines} == {pseudo_labels.PROGRESS_EVERY_S}
+    lines.clear()
+    assert len(list(pseudo_labels.read_share(files, "it is skipped"))) == 3 and not lines
+
+
 def test_the_json_is_a_stock_detectron2_dataset(dataset, model, tmp_path):
     labels = round0(model, records_of(dataset))
     path = write_pseudo_labels(labels, str(tmp_path / "round_0.json"))

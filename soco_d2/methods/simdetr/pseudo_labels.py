@@ -31,6 +31,7 @@ Shape shorthand: B_i boxes of image i, M boxes of all images, C channels of the 
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
@@ -41,6 +42,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.layers import ROIAlign
 from detectron2.utils import comm
+from detectron2.utils.logger import log_every_n_seconds
 
 from ...data.decode import ImageReadError, decode_image
 from ...data.mapper_base import read_file_bytes, record_proposals
@@ -58,6 +60,8 @@ logger = logging.getLogger(__name__)
 # Domain tag of the k-means seeds (distinct from the sample stream's and Montage's).
 _KMEANS = 0x5EED0031
 POOLER_RESOLUTION = 7
+#: Seconds between two progress lines of a labelling pass (:func:`read_share`).
+PROGRESS_EVERY_S = 30
 
 
 @dataclass
@@ -94,16 +98,26 @@ def read_bgr(path: str) -> np.ndarray:
     return decode_image(read_file_bytes(path))
 
 
-def read_share(files: Sequence[str], unreadable: str) -> Iterator[Tuple[int, Optional[np.ndarray]]]:
+def read_share(files: Sequence[str], unreadable: str, task: str = "") -> Iterator[Tuple[int, Optional[np.ndarray]]]:
     """``(i, BGR image or None)`` for this process's share of ``files`` (i % world == rank); a file
-    that cannot be read gives None and a warning ending in ``unreadable``."""
+    that cannot be read gives None and a warning ending in ``unreadable``. With ``task``, the
+    progress is logged every :data:`PROGRESS_EVERY_S` seconds (a labelling pass between two rounds
+    takes minutes on a CPU, with no training line in the log meanwhile)."""
     rank, world = comm.get_rank(), comm.get_world_size()
-    for i in range(rank, len(files), world):
+    share = range(rank, len(files), world)
+    start = time.perf_counter()
+    for done, i in enumerate(share, 1):
         try:
-            yield i, read_bgr(files[i])
+            img = read_bgr(files[i])
         except ImageReadError as e:
             logger.warning(f"Cannot read {files[i]} ({e}); {unreadable}")
-            yield i, None
+            img = None
+        yield i, img  # the caller has handled image i when the loop resumes here
+        if task:
+            elapsed = time.perf_counter() - start
+            log_every_n_seconds(logging.INFO, f"{task}: {done}/{len(share)} images ({elapsed:.0f} s, "
+                                f"eta {elapsed / done * (len(share) - done):.0f} s)",
+                                n=PROGRESS_EVERY_S, name=logger.name)
 
 
 def initial_boxes(record: dict, width: int, height: int, max_boxes: int) -> np.ndarray:
@@ -131,7 +145,7 @@ def embed_share(extractor: FeatureMapExtractor, files: Sequence[str],
     height, boxes, features float16 (B, C))`` with ``boxes = boxes_fn(i, width, height)``, or None
     when it cannot be read (logged with the reason)."""
     out = []
-    for i, img in read_share(files, "it gets no pseudo-labels"):
+    for i, img in read_share(files, "it gets no pseudo-labels", task="SimDETR: box features"):
         if img is None:
             out.append(None)
             continue

@@ -101,7 +101,7 @@ def detect_share(model, files: Sequence[str], settings: SelfTrainingSettings) ->
         inputs.clear()
         slots.clear()
 
-    for _, img in read_share(files, "it keeps its boxes"):
+    for _, img in read_share(files, "it keeps its boxes", task="SimDETR: detections for the next round"):
         out.append(None)
         if img is None:
             continue
