@@ -46,11 +46,11 @@ from harness import Pretraining, fmt, log, read_json, rel, run_logged  # noqa: E
 from real import RealStudy  # noqa: E402
 
 SIMDETR_CONFIG = "configs/simdetr/simdetr_R18_FPN_aquarium_cpu.yaml"
-SIMDETR_ARMS = ("simdetr1", "simdetr2", "simdetr2_score01")
 #: Each SimDETR arm's keys beyond the config, and the arm whose finished run is its first round.
 SIMDETR_RUNS = {"simdetr1": (("MODEL.SIMDETR.ROUNDS", "1"), None),
                 "simdetr2": (("MODEL.SIMDETR.ROUNDS", "2"), "simdetr1"),
                 "simdetr2_score01": (("MODEL.SIMDETR.ROUNDS", "2", "MODEL.SIMDETR.SCORE_THRESH", "0.1"), "simdetr1")}
+SIMDETR_ARMS = tuple(SIMDETR_RUNS)
 PROPOSALS = "semantic_proposals_train.pkl"
 DATASET = "aquarium_train_semantic_bench"
 # The proposal recall beside the table: {name in the report: (json, image root) under ../shared/data}.
