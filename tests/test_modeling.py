@@ -13,7 +13,8 @@ from detectron2.structures import Boxes
 from soco_d2 import add_soco_config
 from soco_d2.methods.soco import SoCo
 from soco_d2.methods.soco.loss import (
-    byol_loss, info_nce_loss, pair_cosine, symmetric_info_nce_loss, symmetric_pair_loss,
+    byol_loss, feature_spread_terms, info_nce_loss, pair_cosine, symmetric_info_nce_loss,
+    symmetric_pair_loss,
 )
 from soco_d2.modeling import NaiveSyncBatchNorm1d, ema_update, get_norm_1d, momentum_at
 
@@ -194,6 +195,79 @@ def test_soco_infonce_option_trains_and_is_checked():
         bad = tiny_cfg()
         bad.MODEL.SOCO[key] = value
         with pytest.raises(ConfigError, match=needle):
+            validate_soco_config(bad)
+
+
+def test_feature_spread_terms_values():
+    torch.manual_seed(0)
+    # Independent units of equal spread: no unit below the average spread, correlations only
+    # from sampling (about C / M for C units over M objects).
+    x = torch.randn(4000, 8)
+    spread, decorr = feature_spread_terms(x)
+    assert spread < 0.05 and decorr < 8 * 8 / 4000 * 2
+    # One dead unit of 8 (constant): it costs 1 in the mean over units -> 1/8; the others sit a
+    # little above the mean spread (7/8 of it), so they cost nothing.
+    dead = x.clone()
+    dead[:, 0] = 3.0
+    spread, _ = feature_spread_terms(dead)
+    assert spread == pytest.approx(1 / 8, abs=0.01)
+    # Every unit a copy of one: all 8 x 7 off-diagonal correlations are 1 -> 56 / 8 = 7.
+    same = x[:, :1].repeat(1, 8)
+    _, decorr = feature_spread_terms(same)
+    assert decorr == pytest.approx(7.0, rel=1e-3)
+    # Scale-free: multiplying the features changes neither term.
+    s1, d1 = feature_spread_terms(x * torch.linspace(0.5, 2.0, 8))
+    s2, d2 = feature_spread_terms(x * torch.linspace(0.5, 2.0, 8) * 100)
+    assert s1 == pytest.approx(float(s2), abs=1e-4) and d1 == pytest.approx(float(d2), rel=1e-3)
+    with pytest.raises(ValueError, match=">= 2 objects"):
+        feature_spread_terms(x[:1])
+
+
+def test_feature_spread_gradient_keeps_a_dying_unit_alive():
+    torch.manual_seed(0)
+    x = torch.randn(64, 6)
+    x[:, 2] *= 0.01  # a unit that is dying: a hundredth of the others' spread
+    x.requires_grad_(True)
+    spread, decorr = feature_spread_terms(x)
+    (spread + decorr).backward()
+    assert torch.isfinite(x.grad).all()
+    # Descending the terms spreads the dying unit's values apart, and only it is pushed out.
+    y = (x - 0.5 * x.grad).detach()
+    assert y[:, 2].std() > 5 * x[:, 2].std() and feature_spread_terms(y)[0] < spread
+    # A unit already constant gets no gradient (as behind a dead ReLU): the term prevents
+    # dying, it cannot revive.
+    z = x.detach().clone()
+    z[:, 2] = 0.0
+    z.requires_grad_(True)
+    feature_spread_terms(z)[0].backward()
+    assert torch.all(z.grad[:, 2].abs() < 1e-6)
+
+
+def test_soco_collapse_guards_add_their_losses_and_are_checked():
+    from soco_d2.config.checks import ConfigError
+    from soco_d2.methods.soco.config import validate_soco_config
+
+    cfg = tiny_cfg()
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    assert set(model(make_inputs())) == {"loss_soco"}  # off by default (published)
+    cfg.MODEL.SOCO.SPREAD_WEIGHT, cfg.MODEL.SOCO.DECORR_WEIGHT = 2.0, 0.5
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    losses = model(make_inputs())
+    assert set(losses) == {"loss_soco", "loss_spread", "loss_decorr"}
+    assert losses["loss_decorr"] > 0 and losses["loss_spread"] >= 0
+    sum(losses.values()).backward()
+    # The guards act on the box features: the box head gets their gradient, the target none.
+    assert model.roi_heads.box_head.fc1.weight.grad is not None
+    assert all(p.grad is None for p in model.target.parameters())
+    model.eval()
+    with torch.no_grad():
+        assert isinstance(model(make_inputs()), list)  # no losses in eval
+    for key in ("SPREAD_WEIGHT", "DECORR_WEIGHT"):
+        bad = tiny_cfg()
+        bad.MODEL.SOCO[key] = -1.0
+        with pytest.raises(ConfigError, match=f"MODEL.SOCO.{key}"):
             validate_soco_config(bad)
 
 

@@ -98,6 +98,13 @@ def add_soco_config(cfg):
     # With "infonce": Q > 0 also takes the target projections of the objects of the last
     # iterations as negatives (MoCo's queue: a small batch has few negatives); 0: none kept.
     _C.MODEL.SOCO.QUEUE_SIZE = 0
+    # Collapse guards on the online box features (loss.feature_spread_terms; not in the paper,
+    # 0 = off): weight of the spread term (keeps box-head units from dying) and of the
+    # decorrelation term (keeps the features' variance in many directions). Added to the loss
+    # as loss_spread and loss_decorr, once per group of views of one size, over the objects of
+    # the process's own batch.
+    _C.MODEL.SOCO.SPREAD_WEIGHT = 0.0
+    _C.MODEL.SOCO.DECORR_WEIGHT = 0.0
     return cfg
 
 
@@ -155,6 +162,9 @@ def validate_soco_config(cfg) -> None:
                         f"negatives), got '{cfg.MODEL.SOCO.LOSS}'")
     if cfg.MODEL.SOCO.TEMPERATURE <= 0:
         problems.append(f"MODEL.SOCO.TEMPERATURE must be > 0, got {cfg.MODEL.SOCO.TEMPERATURE}")
+    for key in ("SPREAD_WEIGHT", "DECORR_WEIGHT"):
+        if cfg.MODEL.SOCO[key] < 0:
+            problems.append(f"MODEL.SOCO.{key} must be >= 0 (0: off), got {cfg.MODEL.SOCO[key]}")
     t = list(cfg.MODEL.SOCO.LEVEL_THRESHOLDS)
     if not t or t[0] <= 0 or any(b <= a for a, b in zip(t, t[1:])):
         problems.append(

@@ -9,7 +9,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-__all__ = ["byol_loss", "symmetric_pair_loss", "info_nce_loss", "symmetric_info_nce_loss", "pair_cosine"]
+__all__ = ["byol_loss", "symmetric_pair_loss", "info_nce_loss", "symmetric_info_nce_loss",
+           "pair_cosine", "feature_spread_terms"]
 
 
 def byol_loss(online_pred: torch.Tensor, target_proj: torch.Tensor) -> torch.Tensor:
@@ -110,3 +111,41 @@ def pair_cosine(
     cos_ab = F.cosine_similarity(pred_a.float(), proj_b.float(), dim=1)
     cos_ba = F.cosine_similarity(pred_b.float(), proj_a.float(), dim=1)
     return 0.5 * (cos_ab.mean() + cos_ba.mean())
+
+
+def feature_spread_terms(features: torch.Tensor, eps: float = 1e-4):
+    """
+    Two collapse guards on the (M, C) box features themselves (the layer that transfers to the
+    detector), in the spirit of VICReg's variance and covariance terms but scale-free, because
+    the box head's fc output has no fixed scale:
+
+        s_d    = std over the M objects of unit d,  s_bar = mean_d s_d (no gradient)
+        spread = mean_d relu(1 - s_d / s_bar)              (a unit far below the average
+                                                            spread is pushed back; a dead unit,
+                                                            s_d = 0, costs 1)
+        decorr = 1/C * sum_{d != e} rho_de^2               (rho: the units' correlation matrix
+                                                            over the M objects)
+
+    ``spread`` keeps ReLU units from dying (a unit already constant has no gradient, as behind a
+    dead ReLU: it prevents, it cannot revive); ``decorr`` spreads the variance over more directions
+    (the effective rank). With M < C, ``decorr`` cannot reach 0 (the M x C correlation matrix
+    has rank <= M): it is a pressure towards an even spectrum, not a target.
+
+    Args:
+        features: (M, C), M >= 2.
+        eps: added to the variances, so that dead units give finite gradients.
+
+    Returns:
+        (spread, decorr): two scalars >= 0, computed in float32.
+    """
+    x = features.float()
+    if x.shape[0] < 2:
+        raise ValueError(f"feature_spread_terms needs >= 2 objects, got {x.shape[0]}")
+    x = x - x.mean(dim=0)
+    std = torch.sqrt(x.var(dim=0) + eps)
+    spread = F.relu(1.0 - std / std.mean().detach()).mean()
+    xn = x / std
+    corr = xn.t() @ xn / (x.shape[0] - 1)  # (C, C), diagonal ~1
+    off = corr - torch.diag_embed(torch.diagonal(corr))
+    decorr = off.pow(2).sum() / x.shape[1]
+    return spread, decorr

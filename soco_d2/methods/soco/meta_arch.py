@@ -28,7 +28,7 @@ from ...modeling.init import zero_init_residual_gamma
 from .box_branch import build_box_branch
 from .config import LOSSES
 from .fpn_levels import fpn_forward, levels_needed
-from .loss import pair_cosine, symmetric_info_nce_loss, symmetric_pair_loss
+from .loss import feature_spread_terms, pair_cosine, symmetric_info_nce_loss, symmetric_pair_loss
 
 __all__ = ["SoCo", "ONLINE_TRUNK_PREFIXES", "build_projector", "build_predictor"]
 
@@ -71,7 +71,9 @@ class SoCo(MomentumTarget, nn.Module):
     ((a, b, idx_a (K,), idx_b (K,)), ...).
 
     Output in training: {"loss_soco": scalar}, the sum over view pairs (a, b) of
-    mean byol(q(g(online_a)), g'(target_b)) + mean byol(q(g(online_b)), g'(target_a)).
+    mean byol(q(g(online_a)), g'(target_b)) + mean byol(q(g(online_b)), g'(target_a)); with
+    the collapse guards on, also ``loss_spread`` / ``loss_decorr`` (weight x the sum over view
+    groups of loss.feature_spread_terms of the online box features).
 
     Output in eval mode: one dict per image, ``{"views": [dict per view]}`` where each view
     has the online ``box_features`` (B_v, C), ``projections`` (B_v, D) and ``predictions``
@@ -99,6 +101,8 @@ class SoCo(MomentumTarget, nn.Module):
         temperature: float = 0.2,
         same_image_negatives: bool = True,
         queue: Optional[EmbeddingQueue] = None,
+        spread_weight: float = 0.0,
+        decorr_weight: float = 0.0,
     ):
         """
         Args:
@@ -121,6 +125,9 @@ class SoCo(MomentumTarget, nn.Module):
             queue: with "infonce", an :class:`soco_d2.modeling.EmbeddingQueue` of D-dimensional
                 embeddings: the target projections of the last iterations' objects (V1) are
                 kept there as extra negatives (MoCo's queue); None: in-batch negatives only.
+            spread_weight, decorr_weight: weights of the collapse guards on the online box
+                features (loss.feature_spread_terms), 0: off (published). When on, the training
+                output also has ``loss_spread`` / ``loss_decorr``.
         """
         super().__init__()
         if zero_init_residual:
@@ -144,6 +151,8 @@ class SoCo(MomentumTarget, nn.Module):
         self.same_image_negatives = same_image_negatives
         assert queue is None or loss == "infonce", "a negative queue needs the infonce loss"
         self.queue = queue
+        self.spread_weight = spread_weight
+        self.decorr_weight = decorr_weight
         if channels_last:
             self.to(memory_format=torch.channels_last)
 
@@ -166,6 +175,8 @@ class SoCo(MomentumTarget, nn.Module):
             "same_image_negatives": cfg.MODEL.SOCO.SAME_IMAGE_NEGATIVES,
             "queue": (EmbeddingQueue(cfg.MODEL.SOCO.QUEUE_SIZE, cfg.MODEL.SOCO.PROJECTOR_DIM)
                       if cfg.MODEL.SOCO.QUEUE_SIZE > 0 else None),
+            "spread_weight": cfg.MODEL.SOCO.SPREAD_WEIGHT,
+            "decorr_weight": cfg.MODEL.SOCO.DECORR_WEIGHT,
         }
 
     @property
@@ -195,6 +206,7 @@ class SoCo(MomentumTarget, nn.Module):
 
         online: List[Dict[str, torch.Tensor]] = [None] * num_views
         keepalive = 0.0
+        spread = decorr = 0.0
         target_proj: List[torch.Tensor] = [None] * num_views
         # Views of the same size go through each network as one batch (e.g. V1 + V2 at 224,
         # then V3 at 112): fewer, larger calls, and all networks see the same BN batches.
@@ -204,6 +216,9 @@ class SoCo(MomentumTarget, nn.Module):
 
             feats, zero = self._box_features(self.backbone, self.roi_heads, images, boxes, levels)
             keepalive = keepalive + zero
+            if self.training and (self.spread_weight > 0 or self.decorr_weight > 0):
+                s_term, d_term = feature_spread_terms(feats)
+                spread, decorr = spread + s_term, decorr + d_term
             proj = self.projector(feats)
             pred = self.predictor(proj)
             for v, f, z, p in zip(views, feats.split(split), proj.split(split), pred.split(split)):
@@ -256,7 +271,12 @@ class SoCo(MomentumTarget, nn.Module):
             # (the whole image) holds every proposal of the image.
             self.queue.enqueue(target_proj[0])
         self._monitors = monitors
-        return {"loss_soco": loss}
+        losses = {"loss_soco": loss}
+        if self.spread_weight > 0:
+            losses["loss_spread"] = self.spread_weight * spread
+        if self.decorr_weight > 0:
+            losses["loss_decorr"] = self.decorr_weight * decorr
+        return losses
 
     def monitors(self) -> Dict[str, torch.Tensor]:
         """The learning monitors of the last training forward (engine/monitors.py logs them):
