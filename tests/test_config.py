@@ -47,6 +47,15 @@ def test_published_run_defaults():
     assert cfg.MODEL.ROI_BOX_HEAD.NUM_CONV == 4 and cfg.MODEL.ROI_BOX_HEAD.NUM_FC == 1
     assert cfg.SOLVER.OPTIMIZER == "LARS" and cfg.SOLVER.WEIGHT_DECAY == 1e-5
     assert cfg.SOLVER.IMS_PER_BATCH == 2048 and cfg.SOLVER.WARMUP_EPOCHS == 10
+    # The collapse guards are this project's, not the paper's: off in the published configs.
+    assert cfg.MODEL.SOCO.SPREAD_WEIGHT == 0 and cfg.MODEL.SOCO.DECORR_WEIGHT == 0
+
+
+def test_cpu_imagenette_recipe_turns_the_collapse_guards_on():
+    path = os.path.join(CONFIG_DIR, "soco", "soco_R18_FPN_imagenette_cpu.yaml")
+    cfg = setup(TrainArgs(config_file=path, opts=["MODEL.DEVICE", "cpu"]))
+    assert cfg.MODEL.SOCO.SPREAD_WEIGHT > 0 and cfg.MODEL.SOCO.DECORR_WEIGHT > 0
+    assert cfg.MODEL.SOCO.LOSS == "infonce" and not cfg.MODEL.SOCO.SAME_IMAGE_NEGATIVES
 
 
 def test_unknown_key_names_the_key(tmp_path):
