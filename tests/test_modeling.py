@@ -257,9 +257,11 @@ def test_soco_collapse_guards_add_their_losses_and_are_checked():
     losses = model(make_inputs())
     assert set(losses) == {"loss_soco", "loss_spread", "loss_decorr"}
     assert losses["loss_decorr"] > 0 and losses["loss_spread"] >= 0
-    sum(losses.values()).backward()
-    # The guards act on the box features: the box head gets their gradient, the target none.
-    assert model.roi_heads.box_head.fc1.weight.grad is not None
+    # The guards alone act on the box features: the box head gets their gradient, the
+    # projector (after the box features) and the target none.
+    (losses["loss_spread"] + losses["loss_decorr"]).backward()
+    assert model.roi_heads.box_head.fc1.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.projector.parameters())
     assert all(p.grad is None for p in model.target.parameters())
     model.eval()
     with torch.no_grad():
